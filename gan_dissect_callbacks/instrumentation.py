@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "apply_unit_edit",
     "capture_activations",
     "edit_activations",
+    "eval_mode",
     "layer_names",
     "resolve_layer",
 ]
@@ -276,15 +278,15 @@ class UnitEdit:
 
         value = self.value
         if isinstance(value, Tensor):
-            if not value.is_floating_point() or value.dim() not in (1, 2):
+            if not value.is_floating_point():
                 raise TypeError(
-                    f"Expected argument `value` to be a float or a float tensor of shape [U] or "
-                    f"[B, U], but got a {value.dtype} tensor of shape {list(value.shape)}."
+                    f"Expected argument `value` to be a float or a float tensor, but got dtype "
+                    f"{value.dtype}."
                 )
-            if value.shape[-1] != units:
+            if value.dim() not in (1, 2) or value.shape[-1] != units:
                 raise ValueError(
-                    f"Expected argument `value` to hold one value per unit like `alpha` "
-                    f"({units}), but got shape {list(value.shape)}."
+                    f"Expected argument `value` to have shape [U] or [B, U] with one value per "
+                    f"unit like `alpha` (U={units}), but got shape {list(value.shape)}."
                 )
             if value.dim() == 2:
                 batch = _same_batch(batch, value.shape[0], "value")
@@ -294,7 +296,7 @@ class UnitEdit:
             raise TypeError(
                 f"Expected argument `value` to be a float or a tensor, but got {value!r}."
             )
-        elif not torch.isfinite(torch.tensor(float(value))):
+        elif not math.isfinite(value):
             raise ValueError(f"Expected argument `value` to be finite, but got {value}.")
 
         where = self.where
@@ -390,9 +392,13 @@ def _check_in_unit_interval(t: Tensor, argument: str) -> None:
     d = t.detach()
     if d.numel() and not bool(((d >= 0) & (d <= 1)).all()):
         bad = d[~((d >= 0) & (d <= 1))].flatten()[0].item()
+        hint = (
+            " Clamp it after each optimiser step: alpha.data.clamp_(0, 1)."
+            if argument == "alpha"
+            else ""
+        )
         raise ValueError(
-            f"Expected argument `{argument}` to have values in [0, 1], but got {bad}. "
-            "Clamp it after each optimiser step, e.g. alpha.data.clamp_(0, 1)."
+            f"Expected argument `{argument}` to have values in [0, 1], but got {bad}.{hint}"
         )
 
 
@@ -560,3 +566,34 @@ def edit_activations(module: nn.Module, edits: Mapping[str, UnitEdit]) -> Iterat
         yield
     finally:
         _remove_all(handles)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the context, then restore every submodule's own mode.
+
+    Restoring per submodule matters: a training model may hold parts that are deliberately in
+    eval mode (a frozen BatchNorm, a fixed feature extractor), which ``module.train()`` would flip.
+
+    Args:
+        module: any ``nn.Module``.
+
+    Yields:
+        ``module``, in eval mode.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.BatchNorm1d(2), nn.Dropout()).train()
+        >>> _ = net[0].eval()
+        >>> with eval_mode(net):
+        ...     [m.training for m in net.modules()]
+        [False, False, False]
+        >>> [m.training for m in net.modules()]
+        [True, False, True]
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module.eval()
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -14,6 +14,7 @@ from gan_dissect_callbacks.instrumentation import (
     apply_unit_edit,
     capture_activations,
     edit_activations,
+    eval_mode,
     layer_names,
     resolve_layer,
 )
@@ -250,10 +251,19 @@ def test_constructors_reject_bad_num_units_and_values() -> None:
         ({"alpha": torch.tensor([1, 0])}, TypeError, "`alpha` to be a float tensor"),
         ({"alpha": [1.0, 0.0]}, TypeError, "`alpha` to be a float tensor.*got list"),
         ({"alpha": torch.zeros(1, 1, 2)}, ValueError, r"shape \[U\] or \[B, U\]"),
-        ({"alpha": torch.tensor([0.5, 1.5])}, ValueError, r"values in \[0, 1\], but got 1.5"),
+        (
+            {"alpha": torch.tensor([0.5, 1.5])},
+            ValueError,
+            r"values in \[0, 1\], but got 1.5\. Clamp it",
+        ),
         ({"alpha": torch.tensor([float("nan")])}, ValueError, r"values in \[0, 1\], but got nan"),
-        ({"value": torch.zeros(3)}, ValueError, r"one value per unit like `alpha` \(2\)"),
+        (
+            {"value": torch.zeros(3)},
+            ValueError,
+            r"one value per\s+unit like `alpha` \(U=2\), but got shape \[3\]",
+        ),
         ({"value": torch.zeros(2, dtype=torch.long)}, TypeError, "`value` to be a float or"),
+        ({"value": torch.zeros(1, 1, 2)}, ValueError, r"`value` to have shape \[U\] or \[B, U\]"),
         ({"value": float("inf")}, ValueError, "`value` to be finite"),
         ({"value": torch.tensor([0.0, float("nan")])}, ValueError, "`value` to be finite"),
         ({"value": True}, TypeError, "`value` to be a float or a tensor"),
@@ -535,3 +545,24 @@ def test_edit_rejects_bad_arguments_before_installing_hooks() -> None:
     ):
         pass
     assert_no_hooks(net)
+
+
+# ---------------------------------------------------------------- eval_mode
+
+
+def test_eval_mode_restores_each_submodules_own_mode_also_on_error() -> None:
+    gan = TinyGAN().train()
+    gan.generator.get_submodule("layer2").eval()
+    modes = [m.training for m in gan.modules()]
+    with eval_mode(gan) as same:
+        assert same is gan
+        assert not any(m.training for m in gan.modules())
+    assert [m.training for m in gan.modules()] == modes
+
+    def run_and_fail() -> None:
+        with eval_mode(gan):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_and_fail()
+    assert [m.training for m in gan.modules()] == modes
