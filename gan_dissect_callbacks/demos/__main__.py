@@ -1,0 +1,117 @@
+"""The toy world's command line: ``python -m gan_dissect_callbacks.demos COMMAND``.
+
+Commands: ``train`` (the demo), ``train-segmenter``, ``evaluate-segmenter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> None:
+    from gan_dissect_callbacks.demos.train import train_scene_gan
+
+    callbacks = []
+    if args.dissect:
+        from gan_dissect_callbacks.demos.train import default_callbacks
+
+        callbacks = default_callbacks(every_n_batches=args.dissect_every)
+    _, trainer = train_scene_gan(
+        args.batches,
+        batch_size=args.batch_size,
+        log_dir=args.log_dir,
+        name=args.name,
+        seed=args.seed,
+        callbacks=callbacks,
+    )
+    log_dir = trainer.logger.log_dir if trainer.logger is not None else args.log_dir
+    print(f"\nTensorBoard logs: {log_dir}")
+    print(f"Open them with:  tensorboard --logdir {args.log_dir}  (then http://localhost:6006)")
+
+
+def _train_segmenter(args: argparse.Namespace) -> None:
+    from gan_dissect_callbacks.demos.segmenter import (
+        evaluate_segmenter,
+        save_toy_segmenter_net,
+        train_toy_segmenter,
+    )
+
+    net = train_toy_segmenter(
+        args.steps, batch_size=args.batch_size, width=args.width, seed=args.seed
+    )
+    save_toy_segmenter_net(net, args.out)
+    print(f"saved {args.out}")
+    _print_iou(evaluate_segmenter(_segment_with(args.out)))
+
+
+def _segment_with(path: str | None):  # type: ignore[no-untyped-def]
+    import torch
+
+    from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter_net
+
+    net = load_toy_segmenter_net(path)
+
+    @torch.no_grad()
+    def segment(images: torch.Tensor) -> torch.Tensor:
+        return net(images) > 0
+
+    return segment
+
+
+def _print_iou(result: dict[str, float]) -> None:
+    print(json.dumps({k: round(v, 4) for k, v in result.items()}, indent=1))
+
+
+def _evaluate_segmenter(args: argparse.Namespace) -> None:
+    from gan_dissect_callbacks.demos.segmenter import evaluate_segmenter
+
+    _print_iou(
+        evaluate_segmenter(
+            _segment_with(args.weights), num_scenes=args.num_scenes, degraded=args.degraded
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m gan_dissect_callbacks.demos``."""
+    parser = argparse.ArgumentParser(prog="python -m gan_dissect_callbacks.demos")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train the toy GAN with TensorBoard logging")
+    train.add_argument("--batches", type=int, default=2500, help="training batches (default 2500)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--log-dir", default="runs", help="TensorBoard root folder (default runs)")
+    train.add_argument("--name", default="scenes", help="run name under the log dir")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--no-dissect", dest="dissect", action="store_false", help="train without the callbacks"
+    )
+    train.add_argument(
+        "--dissect-every", type=int, default=500, help="dissect every N batches (default 500)"
+    )
+    train.set_defaults(func=_train)
+
+    seg = sub.add_parser("train-segmenter", help="train the toy segmenter and save its weights")
+    seg.add_argument("--steps", type=int, default=2000)
+    seg.add_argument("--batch-size", type=int, default=32)
+    seg.add_argument("--width", type=int, default=16)
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--out", default=str(Path("toy_segmenter_32.pt")))
+    seg.set_defaults(func=_train_segmenter)
+
+    ev = sub.add_parser("evaluate-segmenter", help="IoU per concept on held-out scenes")
+    ev.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
+    ev.add_argument("--num-scenes", type=int, default=2000)
+    ev.add_argument("--degraded", action="store_true", help="blur/noise the scenes first")
+    ev.set_defaults(func=_evaluate_segmenter)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
