@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> None:
         from gan_dissect_callbacks.demos.train import default_callbacks
 
         callbacks = default_callbacks(every_n_batches=args.dissect_every)
-    _, trainer = train_scene_gan(
+    model, trainer = train_scene_gan(
         args.batches,
         batch_size=args.batch_size,
         log_dir=args.log_dir,
@@ -28,6 +28,11 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed,
         callbacks=callbacks,
     )
+    if args.save_weights:
+        from gan_dissect_callbacks.demos.pretrained import save_scene_gan_weights
+
+        save_scene_gan_weights(model, args.save_weights)
+        print(f"saved {args.save_weights}")
     log_dir = trainer.logger.log_dir if trainer.logger is not None else args.log_dir
     print(f"\nTensorBoard logs: {log_dir}")
     print(f"Open them with:  tensorboard --logdir {args.log_dir}  (then http://localhost:6006)")
@@ -93,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train.add_argument(
         "--dissect-every", type=int, default=500, help="dissect every N batches (default 500)"
     )
+    train.add_argument("--save-weights", default=None, help="save the trained GAN to this file")
     train.set_defaults(func=_train)
 
     seg = sub.add_parser("train-segmenter", help="train the toy segmenter and save its weights")

@@ -19,7 +19,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from gan_dissect_callbacks.demos.gan import SceneGAN
 from gan_dissect_callbacks.demos.scenes import render_scenes
 
-__all__ = ["SceneDataModule", "train_scene_gan"]
+__all__ = ["SceneDataModule", "default_callbacks", "train_scene_gan"]
+
+#: The layers the demo dissects: the 4×4, 8×8 and 16×16 featuremaps of the 32-px generator.
+DEMO_LAYERS = ("generator.layer1", "generator.layer2", "generator.layer3")
 
 
 class SceneDataModule(pl.LightningDataModule):
@@ -108,3 +111,18 @@ def train_scene_gan(
     )
     trainer.fit(model, datamodule=data)
     return model, trainer
+
+
+def default_callbacks(every_n_batches: int = 500, num_samples: int = 256) -> list[pl.Callback]:
+    """The analysis callbacks the demo attaches, configured for the toy world."""
+    from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
+    from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
+
+    return [
+        DissectionCallback(
+            list(DEMO_LAYERS),
+            load_toy_segmenter(),
+            every_n_train_steps=every_n_batches,
+            num_samples=num_samples,
+        )
+    ]
