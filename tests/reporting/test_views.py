@@ -1,0 +1,500 @@
+"""Tests of the dissection views: overlays, galleries, the unit-class chart, tables, layouts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from torch import Tensor
+
+from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
+from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
+from gan_dissect_callbacks.reporting.images import to_unit_range
+from gan_dissect_callbacks.reporting.views import (
+    GalleryRow,
+    category_chart,
+    custom_scalars_layout,
+    figure_to_image,
+    label_stability,
+    layer_scalar_tags,
+    unit_gallery,
+    unit_overlay,
+    units_markdown,
+)
+
+YELLOW = torch.tensor([1.0, 1.0, 0.0])
+
+
+def brute_force_contour(mask: Tensor) -> Tensor:
+    """Region pixels with a 4-neighbour inside the image and outside the region, one by one."""
+    height, width = mask.shape
+    out = torch.zeros_like(mask)
+    for i in range(height):
+        for j in range(width):
+            if not mask[i, j]:
+                continue
+            for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                y, x = i + di, j + dj
+                if 0 <= y < height and 0 <= x < width and not mask[y, x]:
+                    out[i, j] = True
+    return out
+
+
+def random_images(n: int, size: int = 8, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def unit(index: int, concept: str, iou: float = 0.2, interpretable: bool = True) -> UnitReport:
+    category = SCENE_VOCABULARY.category_of(concept) if concept in SCENE_VOCABULARY.names else "x"
+    return UnitReport(index, concept, category, iou, 1.0 + index, 0.1, interpretable)
+
+
+# --------------------------------------------------------------------------------- overlay
+
+
+def test_overlay_darkens_outside_keeps_inside_and_paints_the_contour_yellow() -> None:
+    images = random_images(2, size=6)
+    masks = torch.zeros(2, 6, 6, dtype=torch.bool)
+    masks[0, 1:5, 1:5] = True  # a 4×4 square: its ring is the contour, 2×2 interior kept
+    masks[1, 2, 0:4] = True  # a 1-pixel line: all contour
+    out = unit_overlay(images, masks)
+    x = to_unit_range(images)
+
+    assert out.shape == (2, 3, 6, 6)
+    assert out.dtype == torch.float32
+    outside = ~masks.unsqueeze(1).expand_as(x)
+    assert torch.equal(out[outside], x[outside] * 0.5)
+    assert torch.equal(out[0, :, 2:4, 2:4], x[0, :, 2:4, 2:4])
+    ring = masks[0].clone()
+    ring[2:4, 2:4] = False
+    assert torch.equal(out[0].permute(1, 2, 0)[ring], YELLOW.expand(12, 3))
+    assert torch.equal(out[1].permute(1, 2, 0)[masks[1]], YELLOW.expand(4, 3))
+
+
+def test_overlay_of_an_empty_mask_is_the_image_at_half_brightness() -> None:
+    images = random_images(3)
+    out = unit_overlay(images, torch.zeros(3, 8, 8, dtype=torch.bool))
+    assert torch.equal(out, to_unit_range(images) * 0.5)
+
+
+def test_the_image_edge_is_not_a_contour() -> None:
+    images = random_images(1)
+    assert torch.equal(
+        unit_overlay(images, torch.ones(1, 8, 8, dtype=torch.bool)), to_unit_range(images)
+    )
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, :, :4] = True  # left half: contour only along column 3
+    out = unit_overlay(images, masks)
+    assert torch.equal(out[0, :, :, 3], YELLOW.view(3, 1).expand(3, 8))
+    assert torch.equal(out[0, :, :, :3], to_unit_range(images)[0, :, :, :3])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.lists(st.booleans(), min_size=2 * 5 * 7, max_size=2 * 5 * 7),
+    seed=st.integers(0, 2**16),
+)
+def test_overlay_matches_a_pixel_by_pixel_reference(bits: list[bool], seed: int) -> None:
+    masks = torch.tensor(bits).view(2, 5, 7)
+    images = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    out = unit_overlay(images, masks)
+    x = to_unit_range(images)
+    for n in range(2):
+        contour = brute_force_contour(masks[n])
+        expected = torch.where(masks[n], x[n], x[n] * 0.5)
+        expected[:, contour] = YELLOW.view(3, 1)
+        assert torch.equal(out[n], expected)
+
+
+def test_overlay_rejects_bad_input_with_a_message_naming_the_argument() -> None:
+    images = random_images(2)
+    with pytest.raises(ValueError, match=r"`images` to be a tensor of shape \[N, 3, H, W\]"):
+        unit_overlay(images[:, :1], torch.zeros(2, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"`masks` to be a bool tensor, but got torch.float32"):
+        unit_overlay(images, torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match=r"`masks` to have shape \[N, H, W\] = \[2, 8, 8\]"):
+        unit_overlay(images, torch.zeros(2, 8, 7, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------------- gallery
+
+
+def scene_row(title: str, k: int, concept: str = "sky", size: int = 32) -> GalleryRow:
+    images, masks = render_scenes(k, size=size, generator=torch.Generator().manual_seed(k))
+    return GalleryRow(title, images, masks[:, SCENE_VOCABULARY.index(concept)])
+
+
+def test_gallery_shape_arithmetic() -> None:
+    row = scene_row("layer3 #12 window IoU 0.23", 4)
+    one = unit_gallery([row], scale=2)
+    three = unit_gallery([row, row, row], scale=2)
+    bigger = unit_gallery([row], scale=3)
+
+    assert one.shape[0] == 3
+    assert one.shape[2] == three.shape[2] == 2 + 4 * (64 + 2)
+    assert bigger.shape[2] == 2 + 4 * (96 + 2)
+    assert three.shape[1] == 3 * one.shape[1]
+    assert bigger.shape[1] - one.shape[1] == 32  # only the images grow, not the title
+    title_height = one.shape[1] - (64 + 4)
+    assert 8 <= title_height <= 30
+    assert one.min() >= 0 and one.max() <= 1
+
+
+def test_gallery_cells_are_the_nearest_neighbour_enlarged_overlays() -> None:
+    rows = [scene_row("sky", 3, "sky"), scene_row("house", 2, "house")]
+    gallery = unit_gallery(rows, scale=2)
+    block = gallery.shape[1] // 2
+    title_height = block - (64 + 4)
+    for r, row in enumerate(rows):
+        big_images = row.images.repeat_interleave(2, 2).repeat_interleave(2, 3)
+        big_masks = row.masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+        expected = unit_overlay(big_images, big_masks)
+        top = r * block + title_height + 2
+        for i in range(len(row.images)):
+            left = 2 + i * 66
+            assert torch.equal(gallery[:, top : top + 64, left : left + 64], expected[i])
+    # the narrower second row is padded with white to the gallery's width
+    top = block + title_height
+    assert torch.all(gallery[:, top:, 2 + 2 * 66 :] == 1.0)
+
+
+def test_gallery_contour_stays_one_pixel_thin_after_enlarging() -> None:
+    images = torch.zeros(1, 3, 4, 4)
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, 1:4, 1:4] = True
+    gallery = unit_gallery([GalleryRow("", images, masks)], scale=2)
+    cell = gallery[:, -2 - 8 : -2, 2:10]  # the single 8×8 cell at the bottom-left
+    yellow = (cell == YELLOW.view(3, 1, 1)).all(dim=0)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2, 2:] = True
+    expected[2:, 2] = True
+    assert torch.equal(yellow, expected)
+
+
+def test_gallery_writes_the_title_and_widens_for_long_titles() -> None:
+    images = torch.ones(1, 3, 8, 8)
+    masks = torch.ones(1, 8, 8, dtype=torch.bool)
+    untitled = unit_gallery([GalleryRow("", images, masks)], scale=1)
+    titled = unit_gallery([GalleryRow("layer3 #12 window IoU 0.23", images, masks)], scale=1)
+    title_height = untitled.shape[1] - (8 + 4)
+
+    assert untitled.shape == (3, untitled.shape[1], 2 + 8 + 2)
+    assert torch.all(untitled == 1.0)  # white images, no text: nothing dark anywhere
+    assert titled.shape[1] == untitled.shape[1]
+    assert titled.shape[2] > 100  # the text does not fit in one 8-px cell, the image widens
+    ink = (titled[:, :title_height] < 0.5).all(dim=0)
+    assert ink.any()
+    columns = ink.any(dim=0).nonzero()
+    assert columns.min() >= 2 and columns.max() <= titled.shape[2] - 3  # within the padding
+    assert torch.all(titled[:, title_height:] == 1.0)  # white image (no contour), white padding
+
+
+def test_gallery_without_rows_says_so() -> None:
+    gallery = unit_gallery([])
+    assert gallery.shape[0] == 3 and gallery.shape[2] > 50
+    assert (gallery < 0.5).any()
+
+
+def test_gallery_rejects_bad_input() -> None:
+    row = scene_row("a", 1)
+    for scale in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"`scale` to be an integer ≥ 1"):
+            unit_gallery([row], scale=scale)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"GalleryRow objects, but row 1 is tuple"):
+        unit_gallery([row, ("a", row.images, row.masks)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"at least one image in the gallery row 'empty'"):
+        GalleryRow("empty", torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"`masks` to have shape"):
+        GalleryRow("bad", torch.zeros(2, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------------- chart
+
+
+def bars(fig: Figure) -> list[Rectangle]:
+    patches = list(fig.axes[0].patches)
+    assert all(isinstance(p, Rectangle) for p in patches)
+    return [p for p in patches if isinstance(p, Rectangle)]
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def chart_layer() -> LayerReport:
+    labels = ["sky", "house", "sky", "window", "grass", "sky", "door", "window", "cloud"]
+    units = [unit(i, c, iou=0.1 + 0.01 * i) for i, c in enumerate(labels)]
+    units += [unit(len(units), "tree", iou=0.01, interpretable=False)]  # not counted
+    return LayerReport("generator.layer3", len(units), units, [])
+
+
+def test_chart_has_a_bar_per_concept_sorted_within_category_and_coloured_by_it() -> None:
+    layer = chart_layer()
+    fig = category_chart(layer, SCENE_VOCABULARY)
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    heights = [p.get_height() for p in bars(fig)]
+    colours = [p.get_facecolor() for p in bars(fig)]
+
+    assert names == ["sky", "cloud", "house", "window", "door", "grass"]
+    assert heights == [3, 1, 1, 2, 1, 1]
+    assert colours[0] == colours[1] == colours[2]
+    assert colours[3] == colours[4]
+    assert len({colours[0], colours[3], colours[5]}) == 3
+    assert legend_texts(fig) == ["object: 5 units", "part: 3 units", "material: 1 unit"]
+    legend = ax.get_legend()
+    assert legend is not None
+    handles = [h for h in legend.legend_handles if isinstance(h, Patch)]
+    assert [to_rgba(h.get_facecolor()) for h in handles] == [colours[0], colours[3], colours[5]]
+    assert fig.get_suptitle() == "generator.layer3: 10 units, 5 object, 3 part, 1 material"
+
+
+def test_chart_puts_categories_unknown_to_the_vocabulary_last() -> None:
+    units = [unit(0, "red"), unit(1, "red"), unit(2, "sky")]  # "red" has category "x"
+    fig = category_chart(LayerReport("l", 3, units, []), SCENE_VOCABULARY)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sky", "red"]
+    assert [p.get_height() for p in bars(fig)] == [1, 2]
+    assert legend_texts(fig) == ["object: 1 unit", "x: 2 units"]
+
+
+def test_chart_of_a_layer_without_interpretable_units_says_so() -> None:
+    layer = LayerReport("l", 2, [unit(0, "sky", 0.01, False), unit(1, "sun", 0.0, False)], [])
+    fig = category_chart(layer, SCENE_VOCABULARY)
+    assert len(fig.axes[0].patches) == 0
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no interpretable units"]
+    image = figure_to_image(fig)
+    assert image.shape == (3, 320, 400)
+
+
+# --------------------------------------------------------------------------------- figure
+
+
+def test_figure_to_image_renders_exact_colours_at_the_figure_size() -> None:
+    fig = Figure(figsize=(2, 1.5), dpi=40, facecolor=(1.0, 0.0, 0.0))
+    image = figure_to_image(fig)
+    assert image.shape == (3, 60, 80)
+    assert torch.equal(image, torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 60, 80))
+
+
+def test_figure_to_image_composites_transparency_over_white() -> None:
+    fig = Figure(figsize=(1, 1), dpi=20, facecolor=(0.0, 0.0, 0.0, 0.0))
+    assert torch.equal(figure_to_image(fig), torch.ones(3, 20, 20))
+
+
+def test_figure_to_image_draws_the_figure_and_closes_pyplot_figures() -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(2, 2), dpi=30)
+    fig.add_subplot().bar([0, 1], [1, 2], color="black")
+    assert plt.fignum_exists(fig.number)
+    image = figure_to_image(fig)
+    assert not plt.fignum_exists(fig.number)
+    assert image.shape == (3, 60, 60)
+    assert (image < 0.1).all(dim=0).sum() > 100  # the black bars are there
+
+
+def test_figure_to_image_rejects_other_objects() -> None:
+    with pytest.raises(ValueError, match=r"`fig` to be a matplotlib Figure, but got Tensor"):
+        figure_to_image(torch.zeros(3, 4, 4))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------- markdown
+
+
+def table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| ")][1:]  # skip the header
+
+
+def test_markdown_lists_interpretable_units_best_first() -> None:
+    layer = chart_layer()
+    text = units_markdown(layer, categories=SCENE_VOCABULARY.categories)
+    rows = table_rows(text)
+    assert len(rows) == 9
+    assert rows[0] == "| 8 | cloud | object | 0.180 | 9 | 0.100 |"
+    assert rows[-1] == "| 0 | sky | object | 0.100 | 1 | 0.100 |"
+    assert "tree" not in text
+    assert text.endswith(
+        "**generator.layer3**: 9 of 10 units interpretable: 5 object, 3 part, 1 material."
+    )
+
+
+def test_markdown_truncates_to_max_rows_and_says_how_many_are_left() -> None:
+    text = units_markdown(chart_layer(), max_rows=4)
+    assert [r.split(" | ")[0] for r in table_rows(text)] == ["| 8", "| 7", "| 6", "| 5"]
+    assert "…and 5 more interpretable units." in text
+    assert "…and 1 more interpretable unit." in units_markdown(chart_layer(), max_rows=8)
+    assert "more interpretable" not in units_markdown(chart_layer(), max_rows=9)
+
+
+def test_markdown_escapes_pipes_and_renders_as_a_table_in_tensorboard() -> None:
+    from tensorboard import plugin_util
+
+    units = [
+        UnitReport(3, "a|b", "odd|cat", 0.5, 0.25, 0.3, True),
+        UnitReport(1, "sky", "object", 0.4, 0.5, 0.2, True),
+    ]
+    text = units_markdown(LayerReport("gen|l", 4, units, []))
+    assert "| 3 | a\\|b | odd\\|cat | 0.500 | 0.25 | 0.300 |" in text
+    html = plugin_util.markdown_to_safe_html(text)
+    assert html.count("<tr>") == 3  # header + 2 units
+    assert html.count("<td>") == 12  # 6 columns each: no extra cell from the pipes
+    assert "<td>a|b</td>" in html and "<td>odd|cat</td>" in html
+    assert "gen|l" in html
+
+
+def test_markdown_of_a_layer_without_interpretable_units() -> None:
+    layer = LayerReport("l", 2, [unit(0, "sky", 0.01, False)], [])
+    assert units_markdown(layer, categories=("object", "part")) == (
+        "No interpretable units.\n\n**l**: 0 of 2 units interpretable: 0 object, 0 part."
+    )
+    assert units_markdown(layer).endswith("**l**: 0 of 2 units interpretable.")
+
+
+@pytest.mark.parametrize("max_rows", [0, -1, 2.5, True])
+def test_markdown_rejects_bad_max_rows(max_rows: object) -> None:
+    with pytest.raises(ValueError, match=r"`max_rows` to be an integer ≥ 1"):
+        units_markdown(chart_layer(), max_rows=max_rows)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------- layout
+
+
+def matched(patterns: list[str], tags: list[str]) -> set[str]:
+    # TensorBoard's custom-scalars plugin searches tags with these regular expressions.
+    return {t for t in tags if any(re.search(p, t) for p in patterns)}
+
+
+def test_layout_groups_every_tag_the_callback_writes() -> None:
+    layers = ["generator.layer1", "generator.layer10", "generatorXlayer1"]
+    categories = ["object", "part", "material"]
+    layout = custom_scalars_layout(layers, categories)
+    tags = {layer: list(layer_scalar_tags(layer, categories).values()) for layer in layers}
+    everything = [t for layer in layers for t in tags[layer]]
+    everything += ["dissection/generator.layer1/interpretable_units/object_part"]  # a decoy
+
+    assert list(layout) == ["dissection (all layers)"] + [f"dissection: {n}" for n in layers]
+    across = layout["dissection (all layers)"]
+    for chart, key in [
+        ("distinct concepts (all layers)", "distinct_concepts"),
+        ("label stability (all layers)", "label_stability"),
+        ("mean best IoU (all layers)", "mean_best_iou"),
+    ]:
+        kind, patterns = across[chart]
+        assert kind == "Multiline"
+        assert matched(patterns, everything) == {f"dissection/{n}/{key}" for n in layers}
+    for layer in layers:
+        kind, patterns = layout[f"dissection: {layer}"]["interpretable units by category"]
+        assert kind == "Multiline"
+        assert matched(patterns, everything) == {
+            f"dissection/{layer}/interpretable_units/{c}" for c in [*categories, "total"]
+        }
+    charted = {
+        t
+        for section in layout.values()
+        for _, ps in section.values()
+        for t in matched(ps, everything)
+    }
+    assert charted == set(everything) - {everything[-1]}
+
+
+def test_scalar_tags_follow_the_callback_scheme() -> None:
+    assert list(layer_scalar_tags("g.l3", ["object"]).values()) == [
+        "dissection/g.l3/interpretable_units/object",
+        "dissection/g.l3/interpretable_units/total",
+        "dissection/g.l3/distinct_concepts",
+        "dissection/g.l3/label_stability",
+        "dissection/g.l3/mean_best_iou",
+    ]
+
+
+def test_layout_is_accepted_by_summary_writer(tmp_path: object) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from torch.utils.tensorboard import SummaryWriter
+
+    layout = custom_scalars_layout(["a", "b"], ["object", "part"])
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_custom_scalars(layout)
+    writer.close()
+    (path,) = list(tmp_path.glob("events.out.tfevents.*"))  # type: ignore[attr-defined]
+    protos = [
+        value.tensor.string_val[0]
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+        if value.tag == "custom_scalars__config__"
+    ]
+    read = layout_pb2.Layout.FromString(protos[0])
+    assert {
+        c.title: {ch.title: ["Multiline", list(ch.multiline.tag)] for ch in c.chart}
+        for c in read.category
+    } == layout
+
+
+def test_layout_rejects_bad_names() -> None:
+    with pytest.raises(ValueError, match=r"`layers` to be a sequence of non-empty strings"):
+        custom_scalars_layout("layer3", ["object"])
+    with pytest.raises(ValueError, match=r"at least one name in `layers`"):
+        custom_scalars_layout([], ["object"])
+    with pytest.raises(ValueError, match=r"unique names in `layers`, but got repeated \['a'\]"):
+        custom_scalars_layout(["a", "b", "a"], ["object"])
+    with pytest.raises(ValueError, match=r"`categories` to be a sequence of non-empty strings"):
+        custom_scalars_layout(["a"], ["object", ""])
+    with pytest.raises(ValueError, match=r"no category called 'total'"):
+        custom_scalars_layout(["a"], ["object", "total"])
+
+
+# --------------------------------------------------------------------------------- stability
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "expected"),
+    [
+        (["sky", "tree", None, "door"], ["sky", "house", "sun", None], 1 / 3),
+        (["sky", "tree"], ["sky", "tree"], 1.0),
+        (["sky", "tree"], ["tree", "sky"], 0.0),
+        (["sky", None, None, None], ["sky", "a", "b", "c"], 1.0),  # newcomers do not count
+        (["sky", "sky", "sky", "sky"], ["sky", None, "sky", "cloud"], 0.5),
+        ([None, None], ["sky", None], None),
+        ([], [], None),
+    ],
+)
+def test_label_stability_exact_values(
+    previous: list[str | None], current: list[str | None], expected: float | None
+) -> None:
+    assert label_stability(previous, current) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from([None, "a", "b", "c"]), st.sampled_from([None, "a", "b", "c"])),
+        max_size=20,
+    )
+)
+def test_label_stability_counts_kept_labels_of_previously_labelled_units(
+    pairs: list[tuple[str | None, str | None]],
+) -> None:
+    previous = [p for p, _ in pairs]
+    current = [c for _, c in pairs]
+    labelled = sum(p is not None for p in previous)
+    kept = sum(p is not None and p == c for p, c in pairs)
+    result = label_stability(previous, current)
+    if labelled == 0:
+        assert result is None
+    else:
+        assert result == kept / labelled
+        assert label_stability(previous, previous) == 1.0
+
+
+def test_label_stability_rejects_lists_of_different_units() -> None:
+    with pytest.raises(ValueError, match=r"same units, but got 3 and 2 labels"):
+        label_stability(["a", None, "b"], ["a", None])
