@@ -81,6 +81,12 @@ def _evaluate_segmenter(args: argparse.Namespace) -> None:
     )
 
 
+def _figure(args: argparse.Namespace) -> None:
+    from gan_dissect_callbacks.demos.figures import toy_world_figure
+
+    print(f"saved {toy_world_figure(args.out)}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m gan_dissect_callbacks.demos``."""
     parser = argparse.ArgumentParser(prog="python -m gan_dissect_callbacks.demos")
@@ -114,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ev.add_argument("--num-scenes", type=int, default=2000)
     ev.add_argument("--degraded", action="store_true", help="blur/noise the scenes first")
     ev.set_defaults(func=_evaluate_segmenter)
+
+    fig = sub.add_parser("figure", help="draw real/generated scenes and concept maps to a PNG")
+    fig.add_argument("--out", default="docs/images/toy_world.png")
+    fig.set_defaults(func=_figure)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -197,13 +197,17 @@ class SceneGAN(pl.LightningModule):
             prog_bar=True,
         )
 
+    def on_train_start(self) -> None:
+        if self.hparams["sample_every_n_batches"]:
+            self._log_samples(0)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         from gan_dissect_callbacks.reporting.images import batch_step
 
         every = self.hparams["sample_every_n_batches"]
-        step = batch_step(self.trainer)
-        if every and step % every == 0:
-            self._log_samples(step)
+        done = batch_step(self.trainer) + 1  # batches trained so far: the state we draw
+        if every and done % every == 0:
+            self._log_samples(done)
 
     @torch.no_grad()
     def _log_samples(self, step: int) -> None:

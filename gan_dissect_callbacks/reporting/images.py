@@ -72,9 +72,10 @@ def tensorboard_writers(trainer: Any) -> list[Any]:
 
 
 def batch_step(trainer: Any) -> int:
-    """The step axis of everything this package logs: the index of the current training batch.
+    """The index of the current training batch, the axis ``self.log`` uses.
 
-    It is the axis ``self.log`` uses inside ``on_train_batch_end``. ``trainer.global_step``
-    is not used because a GAN stepping two optimizers by hand advances it twice per batch.
+    Analyses of the model's state after batch ``b`` are logged at ``batch_step + 1``, the number
+    of batches trained (so 0 is the untrained model). ``trainer.global_step`` is not used because
+    a GAN stepping two optimizers by hand advances it twice per batch.
     """
     return int(trainer.fit_loop.total_batch_idx)

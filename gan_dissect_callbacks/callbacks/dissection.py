@@ -1,0 +1,404 @@
+"""``DissectionCallback``: watch interpretability evolve in TensorBoard while a GAN trains.
+
+At its cadence the callback runs :func:`~gan_dissect_callbacks.engines.dissection.dissect` on the
+module being trained and logs, per dissected layer:
+
+* scalars ``dissection/{layer}/interpretable_units/{category}`` (and ``/total``),
+  ``dissection/{layer}/distinct_concepts``, ``dissection/{layer}/label_stability`` (share of the
+  previous dissection's interpretable units that kept their concept) and
+  ``dissection/{layer}/mean_best_iou``, grouped by a custom-scalars layout;
+* a histogram of every unit's best IoU, ``dissection/{layer}/best_iou``;
+* images: a unit gallery (top units, their top-activating samples with the unit's region
+  highlighted, label and IoU written on it) and the paper's unit-class distribution chart;
+* a markdown table of the interpretable units;
+* a JSON report ``{log_dir}/dissection/step_XXXXXXX.json`` (and ``latest.json``), written
+  atomically, also when there is no logger.
+
+**Step axis**: a *step* here is a training batch (``trainer.fit_loop.total_batch_idx``), the axis
+``self.log`` uses; ``trainer.global_step`` advances twice per batch in a GAN with two optimizers.
+A dissection run after ``n`` batches is logged at step ``n``; the one before training at 0.
+
+**Harmless**: the analysis draws latents from its own seeded generator, runs with the global RNG
+state forked, in eval mode (each submodule's mode restored), without gradients, and removes its
+hooks, so training with the callback is bit-for-bit the same as without. A failure inside the
+analysis is reported as a warning and training goes on, unless ``raise_on_error=True``.
+
+Example:
+    >>> from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
+    >>> callback = DissectionCallback(
+    ...     ["generator.layer2", "generator.layer3"], load_toy_segmenter(), every_n_train_steps=500
+    ... )
+    >>> callback.state_key
+    "DissectionCallback{'layers': ['generator.layer2', 'generator.layer3'], 'rule': 'quantile'}"
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
+from gan_dissect_callbacks.engines.sampling import (
+    LatentSampler,
+    latents_for,
+    resolve_latent_sampler,
+    rng_isolated,
+)
+from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode, resolve_layer
+from gan_dissect_callbacks.reporting.images import batch_step, tensorboard_writers
+from gan_dissect_callbacks.segmenters.base import Segmenter
+
+__all__ = ["DissectionCallback"]
+
+_RULES = ("quantile", "iqr")
+
+
+def _check_interval(value: int | None, name: str) -> None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"Expected argument `{name}` to be None or an int ≥ 1, but got {value!r}.")
+
+
+class DissectionCallback(pl.Callback):
+    """Dissect generator layers at a cadence and log interpretability to TensorBoard.
+
+    Args:
+        layers: dotted names of the layers to dissect on the LightningModule, e.g.
+            ``["generator.layer2", "generator.layer3"]``.
+        segmenter: gives concept masks of generated images (see
+            :class:`~gan_dissect_callbacks.segmenters.base.Segmenter`).
+        every_n_train_steps: dissect after every ``n`` training batches (the step axis above).
+        every_n_epochs: dissect after every ``n`` training epochs.
+        on_train_start: also dissect before the first batch (the untrained baseline).
+        on_train_end: also dissect when training ends (skipped if the last batch was dissected).
+        num_samples: generated images per dissection (split across processes under DDP).
+        batch_size: images per forward pass.
+        seed: seed of the analysis's own latent generator: every dissection sees the same latents,
+            so curves compare the same samples over training.
+        rule: threshold rule of the labels, ``"quantile"`` or ``"iqr"``.
+        quantile: quantile of the quantile rule (0.99: the top 1% of activations).
+        iou_cutoff: a unit is interpretable when its best IoU exceeds this.
+        top_k: top-activating samples kept per unit (gallery columns).
+        gallery_units: units per layer shown in the gallery (best IoU first); 0 disables it.
+        sample_latents: ``(n, generator) → latents``; by default ``pl_module.sample_latents`` or
+            standard normal latents of ``pl_module.latent_dim`` / ``hparams.latent_dim``.
+        latent_dim: latent size, when the module does not say.
+        generate: latents → images in ``[-1, 1]``; by default the module's ``forward``.
+        raise_on_error: re-raise failures of the analysis instead of warning and going on.
+        metric_kwargs: extra arguments of the IoU metric (e.g. ``num_levels``).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str],
+        segmenter: Segmenter,
+        *,
+        every_n_train_steps: int | None = 500,
+        every_n_epochs: int | None = None,
+        on_train_start: bool = True,
+        on_train_end: bool = True,
+        num_samples: int = 256,
+        batch_size: int = 64,
+        seed: int = 0,
+        rule: str = "quantile",
+        quantile: float = 0.99,
+        iou_cutoff: float = 0.04,
+        top_k: int = 6,
+        gallery_units: int = 12,
+        sample_latents: LatentSampler | None = None,
+        latent_dim: int | None = None,
+        generate: Callable[[Tensor], Tensor] | None = None,
+        raise_on_error: bool = False,
+        metric_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(layers, str) or not layers:
+            raise ValueError(
+                f"Expected argument `layers` to be a non-empty list of layer names, but got "
+                f"{layers!r}."
+            )
+        _check_interval(every_n_train_steps, "every_n_train_steps")
+        _check_interval(every_n_epochs, "every_n_epochs")
+        if rule not in _RULES:
+            raise ValueError(f"Expected argument `rule` to be one of {_RULES}, but got {rule!r}.")
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(
+                f"Expected argument `quantile` to be a float in (0, 1), but got {quantile}."
+            )
+        if not 0.0 <= iou_cutoff < 1.0:
+            raise ValueError(
+                f"Expected argument `iou_cutoff` to be a float in [0, 1), but got {iou_cutoff}."
+            )
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected argument `{name}` to be an int ≥ 1, but got {value!r}.")
+        if top_k < 0 or gallery_units < 0:
+            raise ValueError(
+                f"Expected `top_k` and `gallery_units` ≥ 0, but got {top_k} and {gallery_units}."
+            )
+        for attr in ("vocabulary", "segment"):
+            if not hasattr(segmenter, attr):
+                raise TypeError(
+                    f"Expected argument `segmenter` to implement the Segmenter protocol "
+                    f"(`vocabulary`, `segment`, `soft_segment`, `segmentation_size`), but "
+                    f"{type(segmenter).__name__} has no `{attr}`."
+                )
+        self.layers = list(layers)
+        self.segmenter = segmenter
+        self.every_n_train_steps = every_n_train_steps
+        self.every_n_epochs = every_n_epochs
+        self.run_on_train_start = on_train_start
+        self.run_on_train_end = on_train_end
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rule = rule
+        self.quantile = quantile
+        self.iou_cutoff = iou_cutoff
+        self.top_k = top_k
+        self.gallery_units = gallery_units
+        self.sample_latents = sample_latents
+        self.latent_dim = latent_dim
+        self.generate = generate
+        self.raise_on_error = raise_on_error
+        self.metric_kwargs = dict(metric_kwargs or {})
+        #: One entry per dissection: step, and per layer the logged numbers and unit labels.
+        self.history: list[dict[str, Any]] = []
+        self.last_report: DissectionReport | None = None
+        self._layout_written = False
+        self._last_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=self.layers, rule=self.rule)
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for name in self.layers:
+            resolve_layer(pl_module, name)  # raises with the list of valid names
+        resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
+        if not trainer.loggers:
+            rank_zero_warn(
+                "DissectionCallback: the trainer has no logger, so nothing goes to TensorBoard; "
+                f"JSON reports are still written under {self._report_dir(trainer)}. Pass "
+                "`logger=TensorBoardLogger(...)` to the Trainer to see the curves."
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_on_train_start and not self.history:
+            self._run(trainer, pl_module, step=0)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        step = batch_step(trainer)
+        if self.every_n_train_steps and (step + 1) % self.every_n_train_steps == 0:
+            self._run(trainer, pl_module, step=step + 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._run(trainer, pl_module, step=batch_step(trainer) + 1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_on_train_end:
+            self._run(trainer, pl_module, step=batch_step(trainer) + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        if self.history:
+            self._last_step = int(self.history[-1]["step"])
+
+    # ------------------------------------------------------------------ the analysis
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        """Dissect at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
+        if trainer.sanity_checking or step == self._last_step:
+            return
+        self._last_step = step
+        try:
+            report = dissect(
+                pl_module,
+                self.layers,
+                self.segmenter,
+                generate=self.generate,
+                sample_latents=self.sample_latents,
+                latent_dim=self.latent_dim,
+                num_samples=self.num_samples,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                rule=self.rule,  # type: ignore[arg-type]
+                quantile=self.quantile,
+                iou_cutoff=self.iou_cutoff,
+                top_k=self.top_k,
+                metric_kwargs=self.metric_kwargs,
+                step=step,
+            )
+            entry = self._summarise(report)
+            self.history.append(entry)
+            self.last_report = report
+            if trainer.is_global_zero:
+                self._write(trainer, pl_module, report, entry)
+        except Exception as err:
+            if self.raise_on_error:
+                raise
+            rank_zero_warn(
+                f"DissectionCallback: the dissection at step {step} failed and was skipped; "
+                f"training goes on (pass raise_on_error=True to stop instead).\n"
+                + "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            )
+
+    def _summarise(self, report: DissectionReport) -> dict[str, Any]:
+        from gan_dissect_callbacks.reporting.views import label_stability
+
+        previous = self.history[-1]["layers"] if self.history else {}
+        categories = report.vocabulary.categories
+        layers: dict[str, Any] = {}
+        for name, layer in report.layers.items():
+            labels = report.labels(name)
+            counts = layer.counts_by_category(categories)
+            prev_labels = previous.get(name, {}).get("labels")
+            stability = label_stability(prev_labels, labels) if prev_labels is not None else None
+            best = [u.iou for u in layer.units]
+            layers[name] = {
+                "interpretable_units": counts,
+                "total": sum(counts.values()),
+                "distinct_concepts": len(layer.counts_by_concept()),
+                "label_stability": stability,
+                "mean_best_iou": sum(best) / len(best),
+                "labels": labels,
+            }
+        return {"step": report.step, "layers": layers}
+
+    # ------------------------------------------------------------------ logging
+
+    def _report_dir(self, trainer: pl.Trainer) -> Path:
+        base = trainer.log_dir if trainer.loggers and trainer.log_dir else trainer.default_root_dir
+        return Path(base) / "dissection"
+
+    def _write(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        report: DissectionReport,
+        entry: dict[str, Any],
+    ) -> None:
+        step = int(entry["step"])
+        folder = self._report_dir(trainer)
+        report.to_json(folder / f"step_{step:07d}.json")
+        report.to_json(folder / "latest.json")
+
+        from gan_dissect_callbacks.reporting.views import layer_scalar_tags
+
+        categories = report.vocabulary.categories
+        scalars: dict[str, float] = {}
+        for name, numbers in entry["layers"].items():
+            tags = layer_scalar_tags(name, categories)
+            for category, count in numbers["interpretable_units"].items():
+                scalars[tags[f"interpretable_units/{category}"]] = float(count)
+            scalars[tags["interpretable_units/total"]] = float(numbers["total"])
+            scalars[tags["distinct_concepts"]] = float(numbers["distinct_concepts"])
+            scalars[tags["mean_best_iou"]] = float(numbers["mean_best_iou"])
+            if numbers["label_stability"] is not None:
+                scalars[tags["label_stability"]] = float(numbers["label_stability"])
+
+        writers = tensorboard_writers(trainer)
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                logger.log_metrics(scalars, step=step)
+        if not writers:
+            return
+        from gan_dissect_callbacks.reporting.views import (
+            category_chart,
+            custom_scalars_layout,
+            figure_to_image,
+            units_markdown,
+        )
+
+        gallery = self._galleries(pl_module, report)
+        vocabulary = report.vocabulary
+        for writer in writers:
+            if not self._layout_written:
+                writer.add_custom_scalars(custom_scalars_layout(self.layers, vocabulary.categories))
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step=step)
+            for name, layer in report.layers.items():
+                prefix = f"dissection/{name}"
+                writer.add_histogram(
+                    f"{prefix}/best_iou", torch.tensor([u.iou for u in layer.units]), step
+                )
+                writer.add_image(
+                    f"{prefix}/unit_classes",
+                    figure_to_image(category_chart(layer, vocabulary)),
+                    global_step=step,
+                )
+                writer.add_text(
+                    f"{prefix}/units",
+                    units_markdown(layer, categories=vocabulary.categories),
+                    global_step=step,
+                )
+                if name in gallery:
+                    writer.add_image(f"{prefix}/gallery", gallery[name], global_step=step)
+            writer.flush()
+        self._layout_written = True
+
+    @torch.no_grad()
+    def _galleries(
+        self, pl_module: pl.LightningModule, report: DissectionReport
+    ) -> dict[str, Tensor]:
+        """Redraw each layer's best units' top samples and render the gallery images."""
+        if not self.gallery_units or not self.top_k:
+            return {}
+        from gan_dissect_callbacks.reporting.views import GalleryRow, unit_gallery
+
+        sampler = resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
+        generate = self.generate if self.generate is not None else pl_module
+        galleries: dict[str, Tensor] = {}
+        for name, layer in report.layers.items():
+            chosen = sorted(layer.units, key=lambda u: (-u.interpretable, -u.iou))
+            chosen = chosen[: self.gallery_units]
+            indices = sorted({i for u in chosen for i in u.top_samples})
+            if not indices:
+                continue
+            position = {i: p for p, i in enumerate(indices)}
+            with rng_isolated(pl_module.device), eval_mode(pl_module):
+                latents = latents_for(
+                    sampler, indices, self.num_samples, self.batch_size, seed=self.seed
+                )
+                images_list, acts_list = [], []
+                for start in range(0, len(indices), self.batch_size):
+                    with capture_activations(pl_module, [name]) as acts:
+                        images_list.append(generate(latents[start : start + self.batch_size]))
+                    acts_list.append(acts[name].float())
+            images = torch.cat(images_list).float()
+            featuremaps = torch.cat(acts_list)
+            rows = []
+            for u in chosen:
+                pick = torch.tensor([position[i] for i in u.top_samples])
+                r = featuremaps[pick, u.unit : u.unit + 1]
+                up = F.interpolate(r, size=images.shape[-2:], mode="bilinear", align_corners=False)
+                masks = up[:, 0] > u.threshold
+                iou = "" if math.isnan(u.iou) else f" IoU {u.iou:.2f}"
+                label = u.concept if u.interpretable else f"({u.concept})"
+                rows.append(
+                    GalleryRow(
+                        title=f"{name} #{u.unit} {label}{iou}",
+                        images=images[pick].cpu(),
+                        masks=masks.cpu(),
+                    )
+                )
+            galleries[name] = unit_gallery(rows)
+        return galleries
