@@ -1,0 +1,228 @@
+"""InterventionCallback: harmless to training, logs its tags, reads the dissection callback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
+from gan_dissect_callbacks.callbacks.intervention import InterventionCallback
+from gan_dissect_callbacks.demos.gan import SceneGAN
+from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
+from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+
+LAYER = "generator.layer2"
+VOCAB = ConceptVocabulary.from_pairs(
+    [("reddish", "color"), ("bluish", "color"), ("never", "color")]
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions run far faster on one thread than on two busy shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def segmenter() -> GroundTruthSegmenter:
+    """Exact masks: red above its image mean in the left half; blue likewise in the top half.
+
+    The untrained GAN draws almost flat images, so concepts relative to each image's mean
+    occur everywhere; restricting them to half the image leaves places to insert them.
+    """
+
+    def scores(images: Tensor) -> Tensor:
+        centred = images - images.mean((2, 3), keepdim=True)
+        left = (torch.arange(32, device=images.device) < 16).float()
+        reddish = torch.sigmoid(1e4 * centred[:, 0]) * left.view(1, 1, 32)
+        bluish = torch.sigmoid(1e4 * centred[:, 2]) * left.view(1, 32, 1)
+        return torch.stack([reddish, bluish, torch.zeros_like(reddish)], 1)
+
+    def hard(images: Tensor) -> Tensor:
+        return scores(images) > 0.5
+
+    def soft(images: Tensor) -> Tensor:
+        return scores(images)
+
+    return GroundTruthSegmenter(VOCAB, hard, soft)
+
+
+def small_gan() -> SceneGAN:
+    return SceneGAN(latent_dim=16, width=8, sample_every_n_batches=0)
+
+
+def loader() -> DataLoader:
+    images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return DataLoader(TensorDataset(images), batch_size=8, shuffle=True)
+
+
+def fit(
+    callbacks: list[pl.Callback], root: Path, batches: int = 4
+) -> tuple[SceneGAN, Tensor, TensorBoardLogger]:
+    pl.seed_everything(7, verbose=False)
+    model = small_gan()
+    logger = TensorBoardLogger(str(root), name="run", version=0)
+    trainer = pl.Trainer(
+        max_steps=2 * batches,  # two optimizer steps per batch
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+    )
+    trainer.fit(model, train_dataloaders=loader())
+    return model, torch.get_rng_state(), logger
+
+
+def callback(**kwargs: Any) -> InterventionCallback:
+    options: dict[str, Any] = {
+        "every_n_train_steps": 2,
+        "on_train_end": False,
+        "num_samples": 8,
+        "batch_size": 16,
+        "max_units": 3,
+        "num_random": 1,
+        "log_points": (1, 3),
+        "ace_units": 2,
+        "num_images": 2,
+        "dissect_samples": 16,
+        "raise_on_error": True,
+    }
+    options.update(kwargs)
+    return InterventionCallback(LAYER, ["reddish", "bluish"], segmenter(), **options)
+
+
+def read_events(logger: TensorBoardLogger) -> EventAccumulator:
+    events = EventAccumulator(logger.log_dir, size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    return events
+
+
+def test_harmless_and_logs_its_tags(tmp_path: Path) -> None:
+    plain, plain_rng, _ = fit([], tmp_path / "plain")
+    watched = callback(alpha_steps=2)
+    model, rng, logger = fit([watched], tmp_path / "watched")
+
+    # Training is bit-for-bit the same, and so are the RNG streams after it.
+    assert torch.equal(rng, plain_rng)
+    reference = plain.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+    assert [e["step"] for e in watched.history] == [2, 4]
+    assert watched.history[0]["source"] == "dissect"
+    events = read_events(logger)
+    scalars = set(events.Tags()["scalars"])
+    for concept in ("reddish", "bluish"):
+        for tag in (
+            "removed_at_n1",
+            "removed_at_n3",
+            "random_removed_at_n1",
+            "alpha_removed_at_n3",
+            "ace",
+            "inserted_fraction",
+            "random_inserted_fraction",
+        ):
+            assert f"intervention/{concept}/{tag}" in scalars
+        assert [e.step for e in events.Scalars(f"intervention/{concept}/ace")] == [2, 4]
+        images = events.Tags()["images"]
+        assert f"intervention/{concept}/removal_curve" in images
+        grid = events.Images(f"intervention/{concept}/images")[-1]
+        assert (grid.height, grid.width) == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)  # 3 rows, 2 columns
+
+    logged = events.Scalars("intervention/reddish/removed_at_n3")[-1].value
+    entry = watched.history[-1]["concepts"]["reddish"]
+    assert logged == pytest.approx(entry["removal"]["removed"][2], abs=1e-6)
+    on_disk = json.loads((Path(logger.log_dir) / "intervention" / "latest.json").read_text())
+    assert on_disk["step"] == 4
+    assert on_disk["concepts"]["reddish"]["ranking"] == entry["ranking"]
+    assert (Path(logger.log_dir) / "intervention" / "step_0000002.json").is_file()
+
+
+def test_takes_the_ranking_from_an_attached_dissection_callback(tmp_path: Path) -> None:
+    dissection = DissectionCallback(
+        [LAYER], segmenter(), every_n_train_steps=2, on_train_start=False, on_train_end=False,
+        num_samples=16, top_k=0, gallery_units=0,
+    )  # fmt: skip
+    watched = callback(num_images=0)
+    fit([dissection, watched], tmp_path, batches=2)
+    assert watched.history[-1]["source"] == "DissectionCallback (step 2)"
+    assert dissection.last_report is not None
+    layer = dissection.last_report.layers[LAYER]
+    c = VOCAB.index("bluish")
+    by_iou = sorted(range(layer.num_units), key=lambda u: (-layer.iou[u][c], u))
+    assert watched.history[-1]["concepts"]["bluish"]["ranking"] == by_iou[:3]
+
+
+def test_absent_concept_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    watched = InterventionCallback(
+        LAYER, ["never", "reddish"], segmenter(), every_n_train_steps=2, on_train_end=False,
+        num_samples=8, max_units=2, num_random=0, num_images=0, dissect_samples=8,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"concept 'never' is absent"):
+        fit([watched], tmp_path, batches=2)
+    concepts = watched.history[-1]["concepts"]
+    assert concepts["never"] is None and concepts["reddish"] is not None
+
+
+def test_failure_warns_and_training_goes_on(tmp_path: Path) -> None:
+    def broken(z: Tensor) -> Tensor:
+        raise RuntimeError("generator exploded")
+
+    watched = callback(generate=broken, raise_on_error=False)
+    with pytest.warns(UserWarning, match=r"(?s)failed and was skipped.*generator exploded"):
+        fit([watched], tmp_path, batches=2)
+    assert watched.history == []
+    strict = callback(generate=broken)
+    with pytest.raises(RuntimeError, match="generator exploded"):
+        fit([strict], tmp_path / "strict", batches=2)
+
+
+def test_bad_arguments() -> None:
+    seg = segmenter()
+    with pytest.raises(ValueError, match=r"Unknown concept\(s\) \['sky'\].*reddish, bluish"):
+        InterventionCallback(LAYER, ["sky"], seg)
+    with pytest.raises(ValueError, match=r"`every_n_train_steps` to be None or an int ≥ 1"):
+        InterventionCallback(LAYER, ["reddish"], seg, every_n_train_steps=0)
+    with pytest.raises(ValueError, match=r"`concepts` to be a non-empty list"):
+        InterventionCallback(LAYER, "reddish", seg)
+    with pytest.raises(TypeError, match=r"Segmenter protocol"):
+        InterventionCallback(LAYER, ["reddish"], object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`rule` to be one of"):
+        InterventionCallback(LAYER, ["reddish"], seg, rule="median")
+
+
+def test_unknown_layer_fails_in_setup(tmp_path: Path) -> None:
+    watched = InterventionCallback("generator.layer9", ["reddish"], segmenter())
+    with pytest.raises(ValueError, match=r"Unknown layer 'generator.layer9'"):
+        fit([watched], tmp_path, batches=1)
+
+
+def test_state_dict_round_trip() -> None:
+    first = callback()
+    first.history.append({"step": 6, "layer": LAYER, "source": "dissect", "concepts": {}})
+    second = callback()
+    second.load_state_dict(first.state_dict())
+    assert second.history == first.history
+    assert second._last_step == 6
+    assert first.state_key == second.state_key
