@@ -27,6 +27,7 @@ def _train(args: argparse.Namespace) -> None:
         name=args.name,
         seed=args.seed,
         callbacks=callbacks,
+        accelerator=args.accelerator,
     )
     if args.save_weights:
         from gan_dissect_callbacks.demos.pretrained import save_scene_gan_weights
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train.add_argument(
         "--dissect-every", type=int, default=500, help="dissect every N batches (default 500)"
     )
+    train.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default cpu)")
     train.add_argument("--save-weights", default=None, help="save the trained GAN to this file")
     train.set_defaults(func=_train)
 
