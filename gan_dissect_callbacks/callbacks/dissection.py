@@ -34,26 +34,24 @@ Example:
 
 from __future__ import annotations
 
-import math
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
-from gan_dissect_callbacks.engines.sampling import (
-    LatentSampler,
-    latents_for,
-    resolve_latent_sampler,
-    rng_isolated,
+from gan_dissect_callbacks.engines.sampling import LatentSampler, resolve_latent_sampler
+from gan_dissect_callbacks.instrumentation import resolve_layer
+from gan_dissect_callbacks.reporting.dissection_logging import (
+    log_dissection,
+    scalar_values,
+    summarise,
+    unit_galleries,
 )
-from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode, resolve_layer
 from gan_dissect_callbacks.reporting.images import batch_step, tensorboard_writers
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
@@ -245,7 +243,7 @@ class DissectionCallback(pl.Callback):
                 metric_kwargs=self.metric_kwargs,
                 step=step,
             )
-            entry = self._summarise(report)
+            entry = summarise(report, self.history[-1] if self.history else None)
             self.history.append(entry)
             self.last_report = report
             if trainer.is_global_zero:
@@ -258,28 +256,6 @@ class DissectionCallback(pl.Callback):
                 f"training goes on (pass raise_on_error=True to stop instead).\n"
                 + "".join(traceback.format_exception(type(err), err, err.__traceback__))
             )
-
-    def _summarise(self, report: DissectionReport) -> dict[str, Any]:
-        from gan_dissect_callbacks.reporting.views import label_stability
-
-        previous = self.history[-1]["layers"] if self.history else {}
-        categories = report.vocabulary.categories
-        layers: dict[str, Any] = {}
-        for name, layer in report.layers.items():
-            labels = report.labels(name)
-            counts = layer.counts_by_category(categories)
-            prev_labels = previous.get(name, {}).get("labels")
-            stability = label_stability(prev_labels, labels) if prev_labels is not None else None
-            best = [u.iou for u in layer.units]
-            layers[name] = {
-                "interpretable_units": counts,
-                "total": sum(counts.values()),
-                "distinct_concepts": len(layer.counts_by_concept()),
-                "label_stability": stability,
-                "mean_best_iou": sum(best) / len(best),
-                "labels": labels,
-            }
-        return {"step": report.step, "layers": layers}
 
     # ------------------------------------------------------------------ logging
 
@@ -294,111 +270,28 @@ class DissectionCallback(pl.Callback):
         report: DissectionReport,
         entry: dict[str, Any],
     ) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
         step = int(entry["step"])
         folder = self._report_dir(trainer)
         report.to_json(folder / f"step_{step:07d}.json")
         report.to_json(folder / "latest.json")
-
-        from gan_dissect_callbacks.reporting.views import layer_scalar_tags
-
-        categories = report.vocabulary.categories
-        scalars: dict[str, float] = {}
-        for name, numbers in entry["layers"].items():
-            tags = layer_scalar_tags(name, categories)
-            for category, count in numbers["interpretable_units"].items():
-                scalars[tags[f"interpretable_units/{category}"]] = float(count)
-            scalars[tags["interpretable_units/total"]] = float(numbers["total"])
-            scalars[tags["distinct_concepts"]] = float(numbers["distinct_concepts"])
-            scalars[tags["mean_best_iou"]] = float(numbers["mean_best_iou"])
-            if numbers["label_stability"] is not None:
-                scalars[tags["label_stability"]] = float(numbers["label_stability"])
-
-        writers = tensorboard_writers(trainer)
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
-                logger.log_metrics(scalars, step=step)
+                logger.log_metrics(scalar_values(entry, report.vocabulary.categories), step=step)
+        writers = tensorboard_writers(trainer)
         if not writers:
             return
-        from gan_dissect_callbacks.reporting.views import (
-            category_chart,
-            custom_scalars_layout,
-            figure_to_image,
-            units_markdown,
+        galleries = unit_galleries(
+            pl_module,
+            report,
+            sampler=resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim),
+            generate=self.generate if self.generate is not None else pl_module,
+            batch_size=self.batch_size,
+            num_units=self.gallery_units if self.top_k else 0,
         )
-
-        gallery = self._galleries(pl_module, report)
-        vocabulary = report.vocabulary
         for writer in writers:
-            if not self._layout_written:
-                writer.add_custom_scalars(custom_scalars_layout(self.layers, vocabulary.categories))
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step=step)
-            for name, layer in report.layers.items():
-                prefix = f"dissection/{name}"
-                writer.add_histogram(
-                    f"{prefix}/best_iou", torch.tensor([u.iou for u in layer.units]), step
-                )
-                writer.add_image(
-                    f"{prefix}/unit_classes",
-                    figure_to_image(category_chart(layer, vocabulary)),
-                    global_step=step,
-                )
-                writer.add_text(
-                    f"{prefix}/units",
-                    units_markdown(layer, categories=vocabulary.categories),
-                    global_step=step,
-                )
-                if name in gallery:
-                    writer.add_image(f"{prefix}/gallery", gallery[name], global_step=step)
-            writer.flush()
+            log_dissection(
+                writer, report, entry, galleries=galleries, write_layout=not self._layout_written
+            )
         self._layout_written = True
-
-    @torch.no_grad()
-    def _galleries(
-        self, pl_module: pl.LightningModule, report: DissectionReport
-    ) -> dict[str, Tensor]:
-        """Redraw each layer's best units' top samples and render the gallery images."""
-        if not self.gallery_units or not self.top_k:
-            return {}
-        from gan_dissect_callbacks.reporting.views import GalleryRow, unit_gallery
-
-        sampler = resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
-        generate = self.generate if self.generate is not None else pl_module
-        galleries: dict[str, Tensor] = {}
-        for name, layer in report.layers.items():
-            chosen = sorted(layer.units, key=lambda u: (-u.interpretable, -u.iou))
-            chosen = chosen[: self.gallery_units]
-            indices = sorted({i for u in chosen for i in u.top_samples})
-            if not indices:
-                continue
-            position = {i: p for p, i in enumerate(indices)}
-            with rng_isolated(pl_module.device), eval_mode(pl_module):
-                latents = latents_for(
-                    sampler, indices, self.num_samples, self.batch_size, seed=self.seed
-                )
-                images_list, acts_list = [], []
-                for start in range(0, len(indices), self.batch_size):
-                    with capture_activations(pl_module, [name]) as acts:
-                        images_list.append(generate(latents[start : start + self.batch_size]))
-                    acts_list.append(acts[name].float())
-            images = torch.cat(images_list).float()
-            featuremaps = torch.cat(acts_list)
-            rows = []
-            for u in chosen:
-                pick = torch.tensor([position[i] for i in u.top_samples])
-                r = featuremaps[pick, u.unit : u.unit + 1]
-                up = F.interpolate(r, size=images.shape[-2:], mode="bilinear", align_corners=False)
-                masks = up[:, 0] > u.threshold
-                iou = "" if math.isnan(u.iou) else f" IoU {u.iou:.2f}"
-                label = u.concept if u.interpretable else f"({u.concept})"
-                rows.append(
-                    GalleryRow(
-                        title=f"{name} #{u.unit} {label}{iou}",
-                        images=images[pick].cpu(),
-                        masks=masks.cpu(),
-                    )
-                )
-            galleries[name] = unit_gallery(rows)
-        return galleries
