@@ -282,8 +282,9 @@ class AlphaResult:
         layer: the edited layer.
         concept: the concept whose causal effect was maximised.
         alpha: the optimised ``α ∈ [0, 1]`` per unit.
-        ranking: every unit, by decreasing α (ties: the higher initial score first, then the
-            lower index).
+        ranking: every unit, by decreasing α; among equal α (units saturate at 1 or 0), by the
+            running mean of the objective's gradient (the unit still pushed hardest first), then
+            the higher initial score, then the lower index.
         init: the initial α.
         values: the insertion values k per unit.
         history: the objective at every step.
@@ -1363,7 +1364,12 @@ def optimize_alpha(
                 if progress is not None:
                     progress(record, steps)
         final = alpha.detach().cpu()
-    ranking = sorted(every.tolist(), key=lambda u: (-final[u].item(), -start[u].item(), u))
+        # Many units can saturate at α = 1 (or 0); among equals, the one the objective still
+        # pushes hardest (Adam's running mean of the gradient, most negative) is the most causal.
+        push = optimizer.state[alpha]["exp_avg"].detach().cpu()
+    ranking = sorted(
+        every.tolist(), key=lambda u: (-final[u].item(), push[u].item(), -start[u].item(), u)
+    )
     return AlphaResult(
         layer=layer,
         concept=concept,
