@@ -14,8 +14,8 @@ of :mod:`~gan_dissect_callbacks.engines.intervention` and logs, per concept ``c`
   that it covers after inserting those units, or as many random ones), and with
   ``alpha_steps > 0`` ``intervention/{c}/alpha_removed_at_n{n}`` (the α ranking's curve);
 * images ``intervention/{c}/removal_curve`` (the curves as a chart) and
-  ``intervention/{c}/images`` (rows: original samples, the top units ablated, the top units
-  inserted in the centre patch);
+  ``intervention/{c}/images`` (rows: original samples, the top ``ace_units`` units ablated
+  everywhere, the same units inserted in the centre patch; samples under 64 px enlarged);
 * a JSON report ``{log_dir}/intervention/step_XXXXXXX.json`` (and ``latest.json``).
 
 **Step axis**: as for the dissection callback, a step is a training batch; the analysis of the
@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -76,6 +78,8 @@ if TYPE_CHECKING:
 __all__ = ["InterventionCallback"]
 
 _RULES = ("quantile", "iqr")
+#: Samples smaller than this (in pixels) are enlarged (nearest) in the image grid.
+_MIN_IMAGE_SIDE = 64
 
 
 def _check_int(value: object, name: str, low: int, optional: bool = False) -> None:
@@ -438,6 +442,10 @@ class InterventionCallback(pl.Callback):
                 **common,
             )
             rows = torch.cat([shots["original"], shots["ablated"], shots["inserted"]])
+            # Small GAN samples are unreadable at native size in TensorBoard: enlarge to ≥ 64 px.
+            scale = max(1, math.ceil(_MIN_IMAGE_SIDE / min(rows.shape[-2:])))
+            if scale > 1:
+                rows = F.interpolate(rows, scale_factor=float(scale), mode="nearest")
             picture = image_grid(rows, nrow=self.num_images)
         return result, picture
 

@@ -148,7 +148,8 @@ def test_harmless_and_logs_its_tags(tmp_path: Path) -> None:
         images = events.Tags()["images"]
         assert f"intervention/{concept}/removal_curve" in images
         grid = events.Images(f"intervention/{concept}/images")[-1]
-        assert (grid.height, grid.width) == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)  # 3 rows, 2 columns
+        # 3 rows, 2 columns of 32-px samples enlarged to 64 px, 2-px padding.
+        assert (grid.height, grid.width) == (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)
 
     logged = events.Scalars("intervention/reddish/removed_at_n3")[-1].value
     entry = watched.history[-1]["concepts"]["reddish"]
