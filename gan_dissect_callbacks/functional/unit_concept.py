@@ -1,0 +1,688 @@
+"""Unit × concept dissection: streaming counts (update) and scores (compute).
+
+The pure half of :class:`~gan_dissect_callbacks.metrics.unit_concept_iou.UnitConceptIoU`:
+
+- :func:`unit_concept_levels` picks each unit's candidate threshold levels from data;
+- :func:`unit_concept_update` turns one batch of activations ``[B, U, h, w]`` and concept masks
+  ``[B, C, H, W]`` into fixed-size pixel counts at those levels (:class:`UnitConceptCounts`);
+  counts of several batches or processes add up;
+- :func:`unit_concept_compute` turns counts into IoUs under both threshold rules
+  (:class:`UnitConceptIoUResult`);
+- :func:`unit_concept_iou` does all three on tensors held in memory.
+
+Counting, per batch and without per-unit or per-concept Python loops:
+
+1. activations are scaled per unit by the power of two ``2^-e_u`` of the unit's level grid
+   (exact) and upsampled to ``H×W`` (:mod:`~gan_dissect_callbacks.functional.upsample`);
+2. ``ceil`` gives each value's grid cell and a per-unit lookup table its *bin*, the number of
+   levels strictly below it — bit-for-bit the decisions ``value > level`` of a brute-force
+   comparison, at a fraction of the cost of a binary search;
+3. each pixel's set of present concepts becomes a *label-combination* id (hierarchical
+   multi-label masks have few distinct combinations ``K``); one ``bincount`` over
+   (combination, unit, bin) per block of units, then a ``[K, C]`` matrix product expands
+   combinations to concepts. When masks have many distinct combinations it counts
+   (pixel, concept) pairs instead; both are exact.
+
+Example:
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> activations = torch.rand(4, 2, 4, 4, generator=g)
+    >>> masks = torch.rand(4, 3, 8, 8, generator=g) > 0.5
+    >>> result = unit_concept_iou(activations, masks, num_levels=20, num_dense_levels=5)
+    >>> result.iou_quantile.shape, result.iqr.shape, result.num_pixels
+    (torch.Size([2, 3]), torch.Size([2, 3]), 256)
+    >>> result.best_concept("iqr")[0]
+    tensor([2, 0])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from gan_dissect_callbacks.functional.iou import iou_from_counts
+from gan_dissect_callbacks.functional.threshold import (
+    _check_levels,
+    candidate_fractions,
+    counts_above,
+    dense_fractions,
+    iqr_rule,
+    nearest_fraction_index,
+    quantile_levels,
+    quantile_rule,
+    snap_levels,
+)
+from gan_dissect_callbacks.functional.upsample import UNIT_BLOCK, upsample_unit_block
+
+__all__ = [
+    "Counting",
+    "UnitConceptCounts",
+    "UnitConceptIoUResult",
+    "unit_concept_compute",
+    "unit_concept_iou",
+    "unit_concept_levels",
+    "unit_concept_update",
+]
+
+#: How :func:`unit_concept_update` counts joint occurrences (all exact; only speed differs).
+Counting = Literal["auto", "combinations", "pairs"]
+
+# Values (pixels × units) handled per tensor operation in the counting loop: large enough to
+# amortise Python overhead, small enough to stay in cache.
+_CHUNK_VALUES = 2**20
+# Largest grid (cells per unit) accepted from explicit levels.
+_MAX_GRID_WIDTH = 2**17
+_BITS_PER_WORD = 62
+_CODE_ROWS = 2**16
+# Dense candidates are picked among this many levels spread over a band this much wider than
+# the dense targets (see unit_concept_levels).
+_FINE_LEVELS = 2048
+_FINE_MARGIN = 1.5
+
+
+@dataclass(frozen=True)
+class UnitConceptCounts:
+    """Pixel counts of one or more batches at fixed levels; counts of disjoint data add up.
+
+    With ``L`` levels a unit's values fall in ``L + 1`` bins: bin ``b`` holds values ``v`` with
+    ``level[b-1] < v <= level[b]`` (bin 0 all values ``<= level[0]``, bin ``L`` all values above
+    the last level). Counts above each level are the sums of higher bins
+    (:func:`~gan_dissect_callbacks.functional.threshold.counts_above`).
+
+    Attributes:
+        unit_bins: ``[U, L+1]`` int64, pixels per unit and bin.
+        joint_bins: ``[U, L+1, C]`` int64, pixels per unit and bin where each concept is present.
+        concept_pixels: ``[C]`` int64, pixels where each concept is present.
+        num_pixels: ``[]`` int64, all pixels (samples × H × W).
+        num_samples: ``[]`` int64, samples.
+    """
+
+    unit_bins: Tensor
+    joint_bins: Tensor
+    concept_pixels: Tensor
+    num_pixels: Tensor
+    num_samples: Tensor
+
+    def __add__(self, other: UnitConceptCounts) -> UnitConceptCounts:
+        if not isinstance(other, UnitConceptCounts):
+            return NotImplemented
+        if self.joint_bins.shape != other.joint_bins.shape:
+            raise ValueError(
+                f"Expected counts of the same shape, but got {list(self.joint_bins.shape)} "
+                f"and {list(other.joint_bins.shape)}."
+            )
+        return UnitConceptCounts(
+            self.unit_bins + other.unit_bins,
+            self.joint_bins + other.joint_bins,
+            self.concept_pixels + other.concept_pixels,
+            self.num_pixels + other.num_pixels,
+            self.num_samples + other.num_samples,
+        )
+
+
+@dataclass(frozen=True)
+class UnitConceptIoUResult:
+    """Dissection scores of ``U`` units against ``C`` concepts under both threshold rules.
+
+    Concepts covering less than ``min_concept_fraction`` of all pixels are ignored: their IoU
+    and IQR are 0, so they are never a unit's best concept.
+
+    Attributes:
+        levels: ``[U, L]`` float32 candidate levels the counts were taken at.
+        threshold_quantile: ``[U]`` float32, each unit's quantile-rule threshold.
+        fraction_above: ``[U]`` float64, fraction of all pixels above that threshold (how close
+            the rule came to ``1 - quantile``).
+        iou_quantile: ``[U, C]`` float64, IoU at the quantile-rule threshold.
+        threshold_iqr: ``[U, C]`` float32, level maximising the IQR of each unit-concept pair.
+        iqr: ``[U, C]`` float64, that maximal information quality ratio.
+        iou_iqr: ``[U, C]`` float64, IoU at the pair's IQR threshold.
+        concept_fraction: ``[C]`` float64, fraction of all pixels where each concept is present.
+        concept_present: ``[C]`` bool, ``concept_fraction >= min_concept_fraction``.
+        num_samples: number of samples counted.
+        num_pixels: number of pixels counted (samples × H × W).
+        quantile: the quantile rule's target.
+    """
+
+    levels: Tensor
+    threshold_quantile: Tensor
+    fraction_above: Tensor
+    iou_quantile: Tensor
+    threshold_iqr: Tensor
+    iqr: Tensor
+    iou_iqr: Tensor
+    concept_fraction: Tensor
+    concept_present: Tensor
+    num_samples: int
+    num_pixels: int
+    quantile: float
+
+    def best_concept(self, rule: Literal["quantile", "iqr"] = "quantile") -> tuple[Tensor, Tensor]:
+        """Each unit's best concept and its IoU under ``rule``.
+
+        Args:
+            rule: ``"quantile"`` ranks :attr:`iou_quantile`, ``"iqr"`` ranks :attr:`iou_iqr`.
+
+        Returns:
+            ``(concept index [U] int64, IoU [U] float64)``; ties go to the lower index.
+        """
+        if rule == "quantile":
+            iou = self.iou_quantile
+        elif rule == "iqr":
+            iou = self.iou_iqr
+        else:
+            raise ValueError(
+                f"Expected argument `rule` to be one of 'quantile', 'iqr', but got {rule!r}."
+            )
+        index = iou.argmax(dim=1)
+        return index, iou.gather(1, index[:, None]).squeeze(1)
+
+
+@dataclass(frozen=True)
+class _LevelBins:
+    """The levels' power-of-two grids and lookup tables from grid cell to bin."""
+
+    scale: Tensor  # [U] float32, 1 / grid step
+    low: Tensor  # [U] float32, grid index of the lowest level
+    high: Tensor  # [U] float32, grid index of the highest level + 1
+    offset: Tensor  # [U] float32, (u % UNIT_BLOCK) · width - low
+    table: Tensor  # [U, width] int32, (u % UNIT_BLOCK) · (L + 1) + bin
+    width: int
+    num_levels: int
+
+
+def _grid_steps(levels: Tensor) -> Tensor:
+    """Per unit, the largest power of two dividing every level (1 if all levels are 0)."""
+    mantissa, exponent = torch.frexp(levels.double())
+    integer = (mantissa.abs() * 2.0**53).long()  # exact: float32 has 24 significant bits
+    lowest_bit = integer & -integer
+    value = torch.ldexp(lowest_bit.double(), exponent - 53)
+    value = torch.where(levels == 0, torch.full_like(value, math.inf), value)
+    step = value.min(dim=1).values
+    return torch.where(torch.isinf(step), torch.ones_like(step), step)
+
+
+def _level_bins(levels: Tensor) -> _LevelBins:
+    _check_levels(levels)
+    if levels.dtype != torch.float32:
+        raise TypeError(f"Expected argument `levels` to be float32, but got {levels.dtype}.")
+    units, num_levels = levels.shape
+    step = _grid_steps(levels)
+    grid = levels.double() / step[:, None]
+    low, high = grid.min(dim=1).values, grid.max(dim=1).values
+    width = int((high - low).max().item()) + 2 if units else 2
+    too_fine = (
+        (step < 2.0**-126) | (step > 2.0**126) | (torch.maximum(low.abs(), high.abs()) > 2.0**22)
+    )
+    if width > _MAX_GRID_WIDTH or bool(too_fine.any()):
+        raise ValueError(
+            "Expected argument `levels` on a coarse power-of-two grid per unit, but some unit's "
+            "levels are not; pass them through `snap_levels` first."
+        )
+    cells = (grid - low[:, None]).long() + 1
+    per_cell = torch.zeros((units, width), dtype=torch.int32, device=levels.device)
+    per_cell.scatter_add_(1, cells, torch.ones_like(cells, dtype=torch.int32))
+    position = torch.arange(units, device=levels.device) % UNIT_BLOCK
+    table = (
+        per_cell.cumsum(dim=1, dtype=torch.int32)
+        + (position * (num_levels + 1)).to(torch.int32)[:, None]
+    )
+    return _LevelBins(
+        scale=(1.0 / step).float(),
+        low=low.float(),
+        high=(high + 1).float(),
+        offset=(position * width - low).float(),
+        table=table,
+        width=width,
+        num_levels=num_levels,
+    )
+
+
+def _label_combinations(pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct rows of a ``[N, C]`` bool matrix: ``(inverse [N] int64, combinations [K, C])``."""
+    num_concepts = pixels.shape[1]
+    words = max(1, -(-num_concepts // _BITS_PER_WORD))
+    shifts = torch.arange(_BITS_PER_WORD, device=pixels.device)
+    codes = torch.zeros((pixels.shape[0], words), dtype=torch.int64, device=pixels.device)
+    for word in range(words):  # one word per 62 concepts, usually a single pass
+        for row in range(0, pixels.shape[0], _CODE_ROWS):  # bounds the int64 temporaries
+            bits = pixels[
+                row : row + _CODE_ROWS, word * _BITS_PER_WORD : (word + 1) * _BITS_PER_WORD
+            ]
+            codes[row : row + _CODE_ROWS, word] = (bits.long() << shifts[: bits.shape[1]]).sum(
+                dim=1
+            )
+    if words == 1:
+        unique, inverse = torch.unique(codes[:, 0], return_inverse=True)
+        unique = unique[:, None]
+    else:
+        unique, inverse = torch.unique(codes, dim=0, return_inverse=True)
+    combinations = ((unique[:, :, None] >> shifts) & 1).bool().reshape(unique.shape[0], -1)
+    return inverse, combinations[:, :num_concepts]
+
+
+def _check_inputs(
+    activations: Tensor,
+    masks: Tensor,
+    *,
+    num_units: int | None = None,
+    num_concepts: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> None:
+    """One clear error for the first problem with a batch of activations and masks."""
+    if not isinstance(activations, Tensor):
+        raise TypeError(
+            f"Expected argument `activations` to be a tensor, but got {type(activations).__name__}."
+        )
+    if not isinstance(masks, Tensor):
+        raise TypeError(
+            f"Expected argument `masks` to be a tensor, but got {type(masks).__name__}."
+        )
+    if activations.ndim != 4:
+        raise ValueError(
+            f"Expected argument `activations` of shape [B, U, h, w], "
+            f"but got {list(activations.shape)}."
+        )
+    if masks.ndim != 4:
+        raise ValueError(
+            f"Expected argument `masks` of shape [B, C, H, W], but got {list(masks.shape)}."
+        )
+    if not activations.is_floating_point():
+        raise TypeError(
+            f"Expected argument `activations` to be a float tensor, but got {activations.dtype}."
+        )
+    if masks.dtype != torch.bool:
+        raise TypeError(f"Expected argument `masks` to be a bool tensor, but got {masks.dtype}.")
+    if activations.shape[0] == 0:
+        raise ValueError("Expected a non-empty batch, but `activations` has 0 samples.")
+    if masks.shape[0] != activations.shape[0]:
+        raise ValueError(
+            f"Expected `activations` and `masks` with the same batch size, but got "
+            f"{activations.shape[0]} and {masks.shape[0]}."
+        )
+    if min(activations.shape[2:]) == 0 or min(masks.shape[2:]) == 0:
+        raise ValueError(
+            f"Expected non-empty spatial sizes, but got `activations` {list(activations.shape)} "
+            f"and `masks` {list(masks.shape)}."
+        )
+    if num_units is not None and activations.shape[1] != num_units:
+        raise ValueError(
+            f"Expected `activations` with {num_units} units, but got {activations.shape[1]}."
+        )
+    if num_concepts is not None and masks.shape[1] != num_concepts:
+        raise ValueError(
+            f"Expected `masks` with {num_concepts} concepts, but got {masks.shape[1]}."
+        )
+    if size is not None and tuple(masks.shape[2:]) != tuple(size):
+        raise ValueError(
+            f"Expected `masks` of size {tuple(size)}, but got {tuple(masks.shape[2:])}."
+        )
+    if not bool(torch.isfinite(activations).all()):
+        raise ValueError("Expected finite `activations`, but got NaN or Inf values.")
+
+
+def _pick_counting(
+    counting: str, combos: int, num_levels: int, pixels: int, concepts: int, pairs: int, chunks: int
+) -> bool:
+    """Whether to count by label combinations (else by pixel-concept pairs)."""
+    if counting not in ("auto", "combinations", "pairs"):
+        raise ValueError(
+            "Expected argument `counting` to be one of 'auto', 'combinations', 'pairs', "
+            f"but got {counting!r}."
+        )
+    if counting != "auto":
+        return counting == "combinations"
+    # Rough per-unit costs beyond the shared bincount over all pixels: combinations pay for
+    # zeroing/adding K·(L+1) bins per chunk and the [K, C] product, pairs pay per present label.
+    per_combo = combos * (num_levels + 1) * (2 * chunks + concepts / 4 + 1)
+    per_pair = 3 * pairs + concepts * (num_levels + 1) * 2 * chunks
+    return per_combo <= per_pair and combos * UNIT_BLOCK * (num_levels + 1) < 2**31
+
+
+def _unit_concept_update(
+    activations: Tensor, masks: Tensor, bins: _LevelBins, counting: str = "auto"
+) -> UnitConceptCounts:
+    """Count one validated batch; see :func:`unit_concept_update`."""
+    batch, units = activations.shape[:2]
+    concepts, height, width = masks.shape[1:]
+    num_levels = bins.num_levels
+    device = activations.device
+    scaled = activations.detach().float() * bins.scale.view(1, units, 1, 1)
+    if not bool(torch.isfinite(scaled).all()):
+        raise ValueError(
+            "Expected `activations` within float32 range of the levels' grid, but some overflow."
+        )
+    pixels = masks.permute(0, 2, 3, 1).reshape(batch * height * width, concepts)
+    concept_pixels = pixels.sum(dim=0)
+    inverse, combinations = _label_combinations(pixels)
+    chunk = max(1, _CHUNK_VALUES // (height * width * UNIT_BLOCK))
+    chunks = -(-batch // chunk)
+    by_combination = _pick_counting(
+        counting,
+        combinations.shape[0],
+        num_levels,
+        pixels.shape[0],
+        concepts,
+        int(concept_pixels.sum()),
+        chunks,
+    )
+    if by_combination:
+        pixel_term = inverse.to(torch.int32)
+    else:
+        pair_pixel, pair_concept = pixels.nonzero(as_tuple=True)
+    unit_bins = torch.zeros((units, num_levels + 1), dtype=torch.int64, device=device)
+    joint_bins = torch.zeros((units, num_levels + 1, concepts), dtype=torch.int64, device=device)
+    per_sample = height * width
+    for block in range(-(-units // UNIT_BLOCK)):
+        start = block * UNIT_BLOCK
+        stop = min(units, start + UNIT_BLOCK)
+        span = (stop - start) * (num_levels + 1)
+        table = bins.table[start:stop].reshape(-1)
+        low, high, offset = bins.low[start:stop], bins.high[start:stop], bins.offset[start:stop]
+        groups = combinations.shape[0] if by_combination else concepts
+        joint = torch.zeros(groups * span, dtype=torch.int64, device=device)
+        alone = torch.zeros(span, dtype=torch.int64, device=device)
+        for first in range(0, batch, chunk):
+            cells = upsample_unit_block(scaled[first : first + chunk], (height, width), block)
+            cells = cells.permute(0, 2, 3, 1).reshape(-1, stop - start)  # a view: channels_last
+            cells.ceil_()
+            torch.clamp(cells, low, high, out=cells)
+            cells.add_(offset)
+            index = table.index_select(0, cells.to(torch.int32).view(-1)).view_as(cells)
+            lo, hi = first * per_sample, first * per_sample + cells.shape[0]
+            if by_combination:
+                index.add_((pixel_term[lo:hi] * span)[:, None])
+                joint += torch.bincount(index.view(-1), minlength=groups * span)
+            else:
+                alone += torch.bincount(index.view(-1), minlength=span)
+                a, b = torch.searchsorted(
+                    pair_pixel, torch.tensor([lo, hi], device=device)
+                ).tolist()
+                rows = index.index_select(0, pair_pixel[a:b] - lo)
+                rows += (pair_concept[a:b].to(torch.int32) * span)[:, None]
+                joint += torch.bincount(rows.view(-1), minlength=groups * span)
+        if by_combination:
+            per_combination = joint.view(groups, span)
+            unit_bins[start:stop] = per_combination.sum(dim=0).view(-1, num_levels + 1)
+            # Sums of at most `pixels` ones: exact in float32 below 2**24 pixels, else use float64.
+            exact = torch.float32 if pixels.shape[0] < 2**24 else torch.float64
+            expanded = per_combination.T.to(exact) @ combinations.to(exact)
+            joint_bins[start:stop] = (
+                expanded.round().long().view(stop - start, num_levels + 1, concepts)
+            )
+        else:
+            unit_bins[start:stop] = alone.view(-1, num_levels + 1)
+            joint_bins[start:stop] = joint.view(concepts, stop - start, num_levels + 1).permute(
+                1, 2, 0
+            )
+    return UnitConceptCounts(
+        unit_bins=unit_bins,
+        joint_bins=joint_bins,
+        concept_pixels=concept_pixels,
+        num_pixels=torch.tensor(pixels.shape[0], dtype=torch.int64, device=device),
+        num_samples=torch.tensor(batch, dtype=torch.int64, device=device),
+    )
+
+
+def unit_concept_levels(
+    activations: Tensor,
+    size: Sequence[int] | None = None,
+    *,
+    quantile: float = 0.99,
+    num_levels: int = 100,
+    min_fraction: float = 1e-3,
+    num_dense_levels: int = 256,
+    max_values: int = 2**14,
+) -> Tensor:
+    """Candidate levels of each unit, calibrated on a batch of activations.
+
+    The activations are upsampled to ``size`` (the segmentation size, so the levels describe the
+    values that are thresholded). Then, per unit:
+
+    1. the log-spaced candidates are quantiles ``1 - f`` of ``max_values`` evenly spaced pixels
+       (:func:`~gan_dissect_callbacks.functional.threshold.candidate_fractions`);
+    2. the dense candidates are chosen among 2048 levels spread evenly (in value) over the
+       band around ``quantile``: *all* pixels are counted above each of them exactly, and for
+       every target of :func:`~gan_dissect_callbacks.functional.threshold.dense_fractions` the
+       level with the closest fraction is kept. A subsample's order statistics would be too
+       noisy this far in the tail; exact counts keep the dense levels evenly spaced in pixel
+       fraction, which is what bounds the quantile rule's error;
+    3. everything is snapped to each unit's power-of-two grid.
+
+    Args:
+        activations: ``[B, U, h, w]`` finite float activations.
+        size: ``(H, W)`` to upsample to; ``None`` keeps ``(h, w)``.
+        quantile: the quantile rule's target (dense levels are packed around it).
+        num_levels: log-spaced candidates per unit.
+        min_fraction: smallest fraction of pixels above a log-spaced candidate.
+        num_dense_levels: extra candidates around the target; 0 for none.
+        max_values: pixels per unit whose quantiles give the log-spaced candidates.
+
+    Returns:
+        ``[U, num_levels + num_dense_levels]`` float32 levels, non-decreasing per unit.
+
+    Example:
+        >>> import torch
+        >>> activations = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> unit_concept_levels(activations, num_levels=3, num_dense_levels=0, quantile=0.5)
+        tensor([[ 0.0000, 14.5254, 14.9854]])
+    """
+    if not isinstance(activations, Tensor) or activations.ndim != 4 or activations.shape[0] == 0:
+        shape = (
+            list(activations.shape)
+            if isinstance(activations, Tensor)
+            else type(activations).__name__
+        )
+        raise ValueError(
+            f"Expected argument `activations` of shape [B, U, h, w] with B >= 1, but got {shape}."
+        )
+    if not activations.is_floating_point() or not bool(torch.isfinite(activations).all()):
+        raise ValueError(
+            "Expected finite float `activations`, but got NaN/Inf values or a non-float dtype."
+        )
+    if not isinstance(max_values, int) or isinstance(max_values, bool) or max_values < 1:
+        raise ValueError(
+            f"Expected argument `max_values` to be an int >= 1, but got {max_values!r}."
+        )
+    fractions = candidate_fractions(num_levels, min_fraction)
+    targets = dense_fractions(quantile, num_dense_levels)
+    batch, units, height, width = activations.shape
+    out_size = (height, width) if size is None else (int(size[0]), int(size[1]))
+    total = batch * out_size[0] * out_size[1]
+    count = min(total, max_values)
+    device = activations.device
+    picks = torch.linspace(0, total - 1, count, device=device).round().long()
+    values = torch.empty((units, count), dtype=torch.float32, device=device)
+    source = activations.detach().float()
+    for block in range(-(-units // UNIT_BLOCK)):
+        start = block * UNIT_BLOCK
+        upsampled = upsample_unit_block(source, out_size, block)
+        values[start : start + UNIT_BLOCK] = (
+            upsampled.permute(0, 2, 3, 1).reshape(total, -1)[picks].T
+        )
+    widest = torch.zeros(0, dtype=torch.float64)
+    if num_dense_levels:
+        widest = torch.stack([targets.max() * _FINE_MARGIN, targets.min() / _FINE_MARGIN]).clamp(
+            0, 1
+        )
+    # One sort serves the log-spaced candidates (fractions descend: ascending levels) and the
+    # edges of the band the dense candidates are picked from.
+    quantiles = quantile_levels(values, 1.0 - torch.cat([fractions, widest]))
+    logspaced, edges = quantiles[:, : fractions.numel()], quantiles[:, fractions.numel() :].double()
+    if num_dense_levels == 0:
+        return snap_levels(logspaced)
+    spread = torch.linspace(0.0, 1.0, _FINE_LEVELS, dtype=torch.float64, device=device)
+    fine = (edges[:, :1] + (edges[:, 1:] - edges[:, :1]) * spread).float()
+    candidates = snap_levels(torch.cat([logspaced, fine], dim=1).sort(dim=1).values)
+    no_concepts = torch.zeros((batch, 0, *out_size), dtype=torch.bool, device=device)
+    counts = _unit_concept_update(source, no_concepts, _level_bins(candidates))
+    above = counts_above(counts.unit_bins, dim=1).double() / total
+    dense = candidates.gather(1, nearest_fraction_index(above, targets))
+    return snap_levels(torch.cat([logspaced, dense], dim=1).sort(dim=1).values)
+
+
+def unit_concept_update(
+    activations: Tensor, masks: Tensor, levels: Tensor, *, counting: Counting = "auto"
+) -> UnitConceptCounts:
+    """Pixel counts of one batch at the given levels.
+
+    Activations are upsampled to the masks' size (bilinear, pixel centres, edge replication),
+    then for every unit, level and concept the pixels with ``activation > level`` (and the
+    concept present) are counted.
+
+    Args:
+        activations: ``[B, U, h, w]`` finite float activations (compared in float32).
+        masks: ``[B, C, H, W]`` bool concept masks (multi-label: a pixel may hold several).
+        levels: ``[U, L]`` float32 levels on power-of-two grids, e.g. from
+            :func:`unit_concept_levels` or
+            :func:`~gan_dissect_callbacks.functional.threshold.snap_levels`.
+        counting: ``"combinations"`` (fast for hierarchical masks), ``"pairs"`` (for masks with
+            many distinct label combinations) or ``"auto"`` to choose per batch.
+
+    Returns:
+        :class:`UnitConceptCounts`; memory ``8·U·(L+1)·(C+1) + 8·C + 16`` bytes whatever ``B``.
+
+    Raises:
+        TypeError: for non-tensor inputs or wrong dtypes.
+        ValueError: for wrong shapes, an empty batch, NaN/Inf activations or unusable levels.
+
+    Example:
+        >>> import torch
+        >>> activations = torch.tensor([[[[0.0, 1.0]]]])
+        >>> masks = torch.tensor([[[[False, False, True, True]]]])
+        >>> counts = unit_concept_update(activations, masks, torch.tensor([[0.5]]))
+        >>> counts.unit_bins, counts.joint_bins[..., 0]
+        (tensor([[2, 2]]), tensor([[0, 2]]))
+    """
+    _check_inputs(activations, masks)
+    if (
+        not isinstance(levels, Tensor)
+        or levels.ndim != 2
+        or levels.shape[0] != activations.shape[1]
+    ):
+        shape = list(levels.shape) if isinstance(levels, Tensor) else type(levels).__name__
+        raise ValueError(
+            f"Expected argument `levels` of shape [{activations.shape[1]}, L] (one row per unit), "
+            f"but got {shape}."
+        )
+    return _unit_concept_update(
+        activations, masks, _level_bins(levels.to(activations.device)), counting
+    )
+
+
+def unit_concept_compute(
+    counts: UnitConceptCounts,
+    levels: Tensor,
+    *,
+    quantile: float = 0.99,
+    min_concept_fraction: float = 1e-4,
+) -> UnitConceptIoUResult:
+    """IoU under the quantile and IQR threshold rules from accumulated counts.
+
+    Args:
+        counts: counts of all streamed data, at ``levels``.
+        levels: ``[U, L]`` the levels the counts were taken at.
+        quantile: the quantile rule's target, in (0, 1).
+        min_concept_fraction: concepts covering a smaller fraction of all pixels are ignored.
+
+    Returns:
+        :class:`UnitConceptIoUResult`.
+
+    Raises:
+        ValueError: if nothing was counted, or arguments are out of range.
+    """
+    if not isinstance(quantile, float) or not 0 < quantile < 1:
+        raise ValueError(
+            f"Expected argument `quantile` to be a float in (0, 1), but got {quantile!r}."
+        )
+    if not isinstance(min_concept_fraction, (int, float)) or not 0 <= min_concept_fraction <= 1:
+        raise ValueError(
+            "Expected argument `min_concept_fraction` to be a float in [0, 1], "
+            f"but got {min_concept_fraction!r}."
+        )
+    total = int(counts.num_pixels)
+    if total == 0:
+        raise ValueError(
+            "Expected at least one counted sample, but got zero samples; call update() first."
+        )
+    units, bins, concepts = counts.joint_bins.shape
+    if tuple(levels.shape) != (units, bins - 1):
+        raise ValueError(
+            f"Expected `levels` of shape [{units}, {bins - 1}], but got {list(levels.shape)}."
+        )
+    unit_above = counts_above(counts.unit_bins, dim=1)
+    joint_above = counts_above(counts.joint_bins, dim=1)
+    concept_fraction = counts.concept_pixels.double() / total
+    present = concept_fraction >= min_concept_fraction
+
+    index = quantile_rule(unit_above, total, quantile)
+    mask_pixels = unit_above.gather(1, index[:, None])
+    joint = joint_above.gather(1, index[:, None, None].expand(units, 1, concepts)).squeeze(1)
+    iou_quantile = iou_from_counts(joint, mask_pixels, counts.concept_pixels) * present
+
+    pair_index, iqr = iqr_rule(joint_above, unit_above, counts.concept_pixels, total)
+    pair_joint = joint_above.gather(1, pair_index[:, None, :]).squeeze(1)
+    iou_iqr = (
+        iou_from_counts(pair_joint, unit_above.gather(1, pair_index), counts.concept_pixels)
+        * present
+    )
+    return UnitConceptIoUResult(
+        levels=levels,
+        threshold_quantile=levels.gather(1, index[:, None]).squeeze(1),
+        fraction_above=mask_pixels.squeeze(1).double() / total,
+        iou_quantile=iou_quantile,
+        threshold_iqr=levels.gather(1, pair_index),
+        iqr=iqr * present,
+        iou_iqr=iou_iqr,
+        concept_fraction=concept_fraction,
+        concept_present=present,
+        num_samples=int(counts.num_samples),
+        num_pixels=total,
+        quantile=quantile,
+    )
+
+
+def unit_concept_iou(
+    activations: Tensor,
+    masks: Tensor,
+    *,
+    quantile: float = 0.99,
+    num_levels: int = 100,
+    min_fraction: float = 1e-3,
+    num_dense_levels: int = 256,
+    min_concept_fraction: float = 1e-4,
+    levels: Tensor | None = None,
+) -> UnitConceptIoUResult:
+    """Dissect activations and masks held in memory: levels, counts and scores in one call.
+
+    Args:
+        activations: ``[B, U, h, w]`` finite float activations.
+        masks: ``[B, C, H, W]`` bool concept masks.
+        quantile: the quantile rule's target.
+        num_levels: log-spaced candidate levels per unit.
+        min_fraction: smallest fraction of pixels above a log-spaced candidate.
+        num_dense_levels: extra candidates around the target.
+        min_concept_fraction: concepts below this fraction of pixels are ignored.
+        levels: ``[U, L]`` levels to use instead of calibrating on ``activations``.
+
+    Returns:
+        :class:`UnitConceptIoUResult`.
+    """
+    _check_inputs(activations, masks)
+    if levels is None:
+        levels = unit_concept_levels(
+            activations,
+            tuple(masks.shape[2:]),
+            quantile=quantile,
+            num_levels=num_levels,
+            min_fraction=min_fraction,
+            num_dense_levels=num_dense_levels,
+        )
+    counts = unit_concept_update(activations, masks, levels)
+    return unit_concept_compute(
+        counts, levels, quantile=quantile, min_concept_fraction=min_concept_fraction
+    )

@@ -1,0 +1,141 @@
+"""Bilinear upsampling of unit activations to the segmentation resolution.
+
+Dissection compares each unit's activation map ``r_u`` (``h×w``) with concept masks (``H×W``),
+so ``r_u`` is first resampled to ``H×W``. We use bilinear interpolation on pixel *centres*,
+i.e. ``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)``:
+
+- output pixel ``i`` samples the input at ``(i + 0.5)·h/H - 0.5``;
+- positions outside the input's first/last pixel centre are clamped to it, so border pixels
+  *replicate the edge* value; nothing fades towards zero.
+
+How this differs from the original code:
+
+- the 2019 GAN Dissection code sampled at ``i·h/H`` (a half-pixel shift: the map sits up
+  and left of the image by half a featuremap pixel, ~4 image pixels at 8×8 → 64×64);
+- the 2020 "dissect" code matches ``align_corners=False`` inside the image but pads the
+  featuremap with zeros, so values fade towards 0 in a border band (4 px at 8×8 → 64×64)
+  and border pixels rarely pass a high threshold.
+
+Replicating the edge keeps a unit that fires at the image border from being penalised for
+where it fires. Downsampling (``h > H``) uses the same formula without antialiasing.
+
+Speed and reproducibility: the work runs in ``channels_last`` memory format (for
+``[64, 512, 8, 8] → 64×64`` on a 2-core CPU: ~2–3 s in NCHW, ~0.13 s in channels_last), and
+units are processed in aligned blocks of :data:`UNIT_BLOCK` so that every value is
+bit-for-bit the same however many samples are upsampled together and whichever block a
+caller asks for (PyTorch's kernel may round a channel differently depending on how many
+channels share a call). Streaming counts rely on that to equal an in-memory reference exactly.
+
+Example:
+    >>> import torch
+    >>> upsample_activations(torch.tensor([[[[0.0, 4.0]]]]), (1, 4))
+    tensor([[[[0., 1., 3., 4.]]]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["UNIT_BLOCK", "upsample_activations", "upsample_unit_block"]
+
+#: Units are upsampled in aligned blocks of this many channels (see the module docstring).
+UNIT_BLOCK = 32
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ValueError(
+            f"Expected argument `size` to be a pair of positive ints (H, W), but got {size!r}."
+        )
+    return int(size[0]), int(size[1])
+
+
+def _check_activations(activations: Tensor) -> None:
+    if not isinstance(activations, Tensor):
+        raise TypeError(
+            f"Expected argument `activations` to be a tensor, but got {type(activations).__name__}."
+        )
+    if activations.ndim != 4:
+        raise ValueError(
+            f"Expected argument `activations` of shape [B, U, h, w], "
+            f"but got {list(activations.shape)}."
+        )
+    if not activations.is_floating_point():
+        raise TypeError(
+            f"Expected argument `activations` to be a float tensor, but got {activations.dtype}."
+        )
+
+
+def upsample_unit_block(activations: Tensor, size: Sequence[int], block: int) -> Tensor:
+    """Upsample units ``[block·UNIT_BLOCK, (block+1)·UNIT_BLOCK)`` of ``activations``.
+
+    Returns exactly the corresponding slice of :func:`upsample_activations`, without computing
+    the other units.
+
+    Args:
+        activations: ``[B, U, h, w]`` float tensor.
+        size: the output size ``(H, W)``.
+        block: index of the unit block, ``0 <= block < ceil(U / UNIT_BLOCK)``.
+
+    Returns:
+        ``[B, min(UNIT_BLOCK, U - block·UNIT_BLOCK), H, W]`` in ``channels_last`` format.
+    """
+    _check_activations(activations)
+    height, width = _check_size(size)
+    num_blocks = -(-activations.shape[1] // UNIT_BLOCK)
+    if not (isinstance(block, int) and 0 <= block < num_blocks):
+        raise ValueError(
+            f"Expected argument `block` to be an int in [0, {num_blocks}), but got {block!r}."
+        )
+    part = activations[:, block * UNIT_BLOCK : (block + 1) * UNIT_BLOCK]
+    part = part.contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def upsample_activations(activations: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear upsampling on pixel centres with edge replication (``align_corners=False``).
+
+    Args:
+        activations: ``[B, U, h, w]`` float tensor of unit activations.
+        size: the output size ``(H, W)``, usually the segmentation resolution.
+
+    Returns:
+        ``[B, U, H, W]`` tensor of the same dtype in ``channels_last`` memory format.
+
+    Raises:
+        TypeError: if ``activations`` is not a float tensor.
+        ValueError: if ``activations`` is not 4-D or ``size`` is not two positive ints.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+        >>> upsample_activations(x, (4, 4))[0, 0]
+        tensor([[1.0000, 1.2500, 1.7500, 2.0000],
+                [1.5000, 1.7500, 2.2500, 2.5000],
+                [2.5000, 2.7500, 3.2500, 3.5000],
+                [3.0000, 3.2500, 3.7500, 4.0000]])
+    """
+    _check_activations(activations)
+    height, width = _check_size(size)
+    batch, units = activations.shape[:2]
+    out = torch.empty(
+        (batch, units, height, width),
+        dtype=activations.dtype,
+        device=activations.device,
+        memory_format=torch.channels_last,
+    )
+    for block in range(-(-units // UNIT_BLOCK)):
+        start = block * UNIT_BLOCK
+        out[:, start : start + UNIT_BLOCK] = upsample_unit_block(
+            activations, (height, width), block
+        )
+    return out

@@ -1,0 +1,112 @@
+"""Bilinear upsampling on pixel centres with edge replication, checked on hand-computed cases."""
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gan_dissect_callbacks.functional.upsample import (
+    UNIT_BLOCK,
+    upsample_activations,
+    upsample_unit_block,
+)
+
+
+def test_two_pixels_to_four_samples_pixel_centres():
+    # output centres (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 -> clamp, 1/4, 3/4, clamp
+    out = upsample_activations(torch.tensor([[[[0.0, 4.0]]]]), (1, 4))
+    assert torch.equal(out, torch.tensor([[[[0.0, 1.0, 3.0, 4.0]]]]))
+
+
+def test_two_by_two_to_four_by_four():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    expected = torch.tensor(
+        [
+            [1.00, 1.25, 1.75, 2.00],
+            [1.50, 1.75, 2.25, 2.50],
+            [2.50, 2.75, 3.25, 3.50],
+            [3.00, 3.25, 3.75, 4.00],
+        ]
+    )
+    assert torch.equal(upsample_activations(x, (4, 4))[0, 0], expected)
+
+
+def test_non_integer_scale():
+    # 2 -> 3: centres at 1/6·... : -1/6 (clamped), 1/2, 7/6 (clamped)
+    out = upsample_activations(torch.tensor([[[[0.0, 2.0]]]]), (1, 3))
+    assert torch.equal(out, torch.tensor([[[[0.0, 1.0, 2.0]]]]))
+
+
+def test_border_replicates_the_edge_instead_of_fading_to_zero():
+    # zero padding (the 2020 code) would give < 1 in a 4 px border band at 8x8 -> 64x64
+    out = upsample_activations(torch.ones(1, 1, 8, 8), (64, 64))
+    assert torch.equal(out, torch.ones(1, 1, 64, 64))
+
+
+def test_no_half_pixel_shift():
+    # a ramp stays centred: the 2019 code's shift would make out[i] + out[7 - i] != 1
+    out = upsample_activations(torch.tensor([[[[0.0, 1.0]]]]), (1, 8))[0, 0, 0]
+    assert torch.equal(out + out.flip(0), torch.ones(8))
+    assert out[0].item() == 0.0 and out[-1].item() == 1.0
+
+
+def test_output_is_channels_last_with_input_dtype():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    out = upsample_activations(x, (8, 10))
+    assert out.shape == (2, 3, 8, 10) and out.dtype == torch.float64
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 4),
+    units=st.integers(1, 2 * UNIT_BLOCK + 5),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    size=st.tuples(st.integers(1, 20), st.integers(1, 20)),
+    power=st.integers(-20, 20),
+)
+def test_bitwise_independent_of_batching_blocks_and_power_of_two_scaling(
+    seed, batch, units, h, w, size, power
+):
+    """The streaming counter relies on all three to equal an in-memory reference exactly."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, units, h, w, generator=g) * 10
+    full = upsample_activations(x, size)
+    per_sample = torch.cat([upsample_activations(x[i : i + 1], size) for i in range(batch)])
+    assert torch.equal(full, per_sample)
+    for block in range(-(-units // UNIT_BLOCK)):
+        part = full[:, block * UNIT_BLOCK : (block + 1) * UNIT_BLOCK]
+        assert torch.equal(upsample_unit_block(x, size, block), part)
+    assert torch.equal(upsample_activations(x * 2.0**power, size), full * 2.0**power)
+
+
+ONE = torch.zeros(1, 1, 2, 2)
+BAD = [
+    (lambda: upsample_activations(torch.zeros(2, 3, 4), (8, 8)), ValueError, "shape [B, U, h, w]"),
+    (
+        lambda: upsample_activations(ONE.long(), (4, 4)),
+        TypeError,
+        "Expected argument `activations` to be a float tensor, but got torch.int64.",
+    ),
+    (lambda: upsample_activations(ONE, (4, 0)), ValueError, "a pair of positive ints (H, W)"),
+    (
+        lambda: upsample_activations(ONE, 4),
+        ValueError,
+        "a pair of positive ints (H, W), but got 4.",
+    ),
+    (
+        lambda: upsample_unit_block(torch.zeros(1, 3, 2, 2), (4, 4), 1),
+        ValueError,
+        "Expected argument `block` to be an int in [0, 1), but got 1.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD)
+def test_bad_input_gets_one_clear_error(call, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        call()
