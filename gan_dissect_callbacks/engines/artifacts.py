@@ -3,14 +3,17 @@
 The paper found artifact units by hand and by the FID of each unit's top-activating images. This
 engine automates it in three steps, none of which needs Lightning:
 
-1. :func:`score_units` — the *artifact score* of every unit of a layer: the sliced Wasserstein
-   distance (SWD ×10³, averaged over pyramid levels; see :mod:`~.functional.swd`) between the
-   unit's ``top_k`` top-activating generated images (by spatial max) and real images. A unit
-   that paints artifacts has top images that look least like the training data. Descriptors are
-   cut once per image and shared by every unit whose top list holds the image; all units are
-   projected and compared in batched tensor code. The cheaper proxy ``method="discriminator"``
-   scores a unit by minus the mean discriminator output on its top images (the discriminator runs
-   once per image) — free during training, but its scale drifts as the discriminator trains.
+1. :func:`score_units` — the *artifact score* of every unit of a layer, from its ``top_k``
+   top-activating generated images (by spatial max). By default (``"swd_ablation"``) it is the
+   sliced Wasserstein distance to real images (SWD ×10³, averaged over pyramid levels; see
+   :mod:`~.functional.swd`) of those images minus that of the same latents regenerated with the
+   unit ablated: how much the unit itself makes its own top images unlike real ones. The plain
+   SWD of the top images (``"swd"``, the analogue of the paper's per-unit FID) is there too, but
+   it also flags units that merely select unusual content; on the planted toy world it misses
+   the planted units that the ablation-paired score ranks first. The cheaper proxy
+   ``"discriminator"`` scores a unit by minus the mean discriminator output on its top images.
+   Descriptors are cut once per image and all units are projected and compared in batched tensor
+   code (one sort of the real projections per direction, shared by every unit).
 2. :func:`verify_ablation` — ablate the chosen units (through the one edit rule,
    :func:`~gan_dissect_callbacks.instrumentation.apply_unit_edit`) and measure the *global* SWD
    with and without on the **same** latents, the same descriptor positions and the same
