@@ -1105,7 +1105,7 @@ class PruningMask:
         self._model = None
 
     def edits(self, num_units: Mapping[str, int]) -> dict[str, UnitEdit]:
-        """The mask as ``{layer: UnitEdit}`` for :func:`~..instrumentation.edit_activations`."""
+        """The mask as ``{layer: UnitEdit}``, e.g. for a one-off ``edit_activations`` context."""
         return {
             layer: UnitEdit.ablation(self._units[layer], num_units[layer]) for layer in self.layers
         }

@@ -468,6 +468,7 @@ def test_pruned_units_get_no_gradient_and_the_rest_do() -> None:
 def test_mask_state_round_trips_and_moves_between_models() -> None:
     mask = PruningMask({"features": [4, 1, 4]})
     assert mask.state_dict() == {"units": {"features": [1, 4]}}
+    assert mask.edits({"features": 6})["features"].alpha.tolist() == [0, 1, 0, 0, 1, 0]
     copy = PruningMask.from_state_dict(mask.state_dict())
     assert copy.state_dict() == mask.state_dict() and not copy.is_applied
     first, second = Painter(), Painter()
