@@ -143,24 +143,28 @@ def quantile_levels(values: Tensor, quantiles: Tensor) -> Tensor:
     q = quantiles.to(device=values.device, dtype=torch.float64)
     if q.numel() and bool(((q < 0) | (q > 1) | q.isnan()).any()):
         raise ValueError(f"Expected argument `quantiles` in [0, 1], but got {quantiles.tolist()}.")
-    ordered = values.sort(dim=1).values
     position = q * (values.shape[1] - 1)
     below = position.floor().long()
     above = position.ceil().long()
     weight = position - below
-    low, high = ordered[:, below].double(), ordered[:, above].double()
-    return torch.lerp(low, high, weight.expand_as(low)).to(values.dtype)
+    out = torch.empty((values.shape[0], q.numel()), dtype=values.dtype, device=values.device)
+    rows = max(1, 2**20 // values.shape[1])  # sort a block of rows at a time: bounded memory
+    for start in range(0, values.shape[0], rows):
+        ordered = values[start : start + rows].sort(dim=1).values
+        low, high = ordered[:, below].double(), ordered[:, above].double()
+        out[start : start + rows] = torch.lerp(low, high, weight.expand_as(low))
+    return out
 
 
 def snap_levels(levels: Tensor, num_cells: int = DEFAULT_GRID_CELLS) -> Tensor:
     """Round each unit's levels to multiples of a power of two ``2^e_u``.
 
     ``2^e_u`` is the smallest power of two with ``(max_l - min_l) / 2^e_u <= num_cells`` and
-    ``max_l |level| / 2^e_u <= 2^22``. Each level moves by at most half a step, i.e. by at most
-    ``(max_l - min_l) / (2·num_cells)`` (and never more than ~2 float32 ulps of the largest
-    level). On such a grid the streaming counter decides ``activation > level`` with exact
-    arithmetic (power-of-two scaling and ``ceil``) and a lookup table, which is much faster than
-    a binary search; the decision is bit-for-bit the one ``activation > level`` gives.
+    ``max_l |level| / 2^e_u <= 2^22``. Each level moves by at most half a step, i.e. by less
+    than ``(max_l - min_l) / num_cells`` (or than 2^-22 of the largest ``|level|`` when that
+    bound sets the step). On such a grid the streaming counter decides ``activation > level``
+    with exact arithmetic (power-of-two scaling and ``ceil``) and a lookup table, much faster
+    than a binary search; the decision is bit-for-bit the one ``activation > level`` gives.
 
     Args:
         levels: ``[U, L]`` float32 levels, finite, non-decreasing along each row.

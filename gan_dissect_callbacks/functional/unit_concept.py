@@ -23,6 +23,10 @@ Counting, per batch and without per-unit or per-concept Python loops:
    combinations to concepts. When masks have many distinct combinations it counts
    (pixel, concept) pairs instead; both are exact.
 
+Exactness holds for all finite float32 activations except one corner: a non-zero value so
+small that scaling it by ``2^-e_u`` leaves the normal float range (below ``2^-126`` times the
+grid step, i.e. ~1e-42 for a unit whose levels span ~1) may be counted as if it were 0.
+
 Example:
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
@@ -83,6 +87,8 @@ _CODE_ROWS = 2**16
 # the dense targets (see unit_concept_levels).
 _FINE_LEVELS = 2048
 _FINE_MARGIN = 1.5
+# unit_concept_compute works on blocks of units of about this many (unit, level, concept) counts.
+_COMPUTE_TABLES = 2**20
 
 
 @dataclass(frozen=True)
@@ -496,14 +502,18 @@ def unit_concept_levels(
     count = min(total, max_values)
     device = activations.device
     picks = torch.linspace(0, total - 1, count, device=device).round().long()
+    per_sample = out_size[0] * out_size[1]
+    chunk = max(1, _CHUNK_VALUES // (per_sample * UNIT_BLOCK))
     values = torch.empty((units, count), dtype=torch.float32, device=device)
     source = activations.detach().float()
-    for block in range(-(-units // UNIT_BLOCK)):
-        start = block * UNIT_BLOCK
-        upsampled = upsample_unit_block(source, out_size, block)
-        values[start : start + UNIT_BLOCK] = (
-            upsampled.permute(0, 2, 3, 1).reshape(total, -1)[picks].T
-        )
+    for first in range(0, batch, chunk):  # upsample a chunk of samples at a time: bounded memory
+        bounds = torch.tensor([first, first + chunk], device=device) * per_sample
+        lo, hi = torch.searchsorted(picks, bounds).tolist()
+        for block in range(-(-units // UNIT_BLOCK)):
+            start = block * UNIT_BLOCK
+            upsampled = upsample_unit_block(source[first : first + chunk], out_size, block)
+            flat = upsampled.permute(0, 2, 3, 1).reshape(-1, upsampled.shape[1])
+            values[start : start + UNIT_BLOCK, lo:hi] = flat[picks[lo:hi] - first * per_sample].T
     widest = torch.zeros(0, dtype=torch.float64)
     if num_dense_levels:
         widest = torch.stack([targets.max() * _FINE_MARGIN, targets.min() / _FINE_MARGIN]).clamp(
@@ -614,29 +624,35 @@ def unit_concept_compute(
         raise ValueError(
             f"Expected `levels` of shape [{units}, {bins - 1}], but got {list(levels.shape)}."
         )
-    unit_above = counts_above(counts.unit_bins, dim=1)
-    joint_above = counts_above(counts.joint_bins, dim=1)
     concept_fraction = counts.concept_pixels.double() / total
     present = concept_fraction >= min_concept_fraction
+    parts: list[tuple[Tensor, ...]] = []
+    step = max(1, _COMPUTE_TABLES // (bins * max(1, concepts)))
+    for start in range(0, units, step):  # blocks of units bound the float64 temporaries
+        unit_above = counts_above(counts.unit_bins[start : start + step], dim=1)
+        joint_above = counts_above(counts.joint_bins[start : start + step], dim=1)
+        block = unit_above.shape[0]
 
-    index = quantile_rule(unit_above, total, quantile)
-    mask_pixels = unit_above.gather(1, index[:, None])
-    joint = joint_above.gather(1, index[:, None, None].expand(units, 1, concepts)).squeeze(1)
-    iou_quantile = iou_from_counts(joint, mask_pixels, counts.concept_pixels) * present
+        index = quantile_rule(unit_above, total, quantile)
+        mask_pixels = unit_above.gather(1, index[:, None])
+        joint = joint_above.gather(1, index[:, None, None].expand(block, 1, concepts)).squeeze(1)
+        iou_quantile = iou_from_counts(joint, mask_pixels, counts.concept_pixels) * present
 
-    pair_index, iqr = iqr_rule(joint_above, unit_above, counts.concept_pixels, total)
-    pair_joint = joint_above.gather(1, pair_index[:, None, :]).squeeze(1)
-    iou_iqr = (
-        iou_from_counts(pair_joint, unit_above.gather(1, pair_index), counts.concept_pixels)
-        * present
+        pair_index, iqr = iqr_rule(joint_above, unit_above, counts.concept_pixels, total)
+        pair_joint = joint_above.gather(1, pair_index[:, None, :]).squeeze(1)
+        pair_pixels = unit_above.gather(1, pair_index)
+        iou_iqr = iou_from_counts(pair_joint, pair_pixels, counts.concept_pixels) * present
+        parts.append((index, mask_pixels[:, 0], iou_quantile, pair_index, iqr * present, iou_iqr))
+    index, mask_pixels, iou_quantile, pair_index, iqr, iou_iqr = (
+        torch.cat(p) for p in zip(*parts, strict=True)
     )
     return UnitConceptIoUResult(
         levels=levels,
         threshold_quantile=levels.gather(1, index[:, None]).squeeze(1),
-        fraction_above=mask_pixels.squeeze(1).double() / total,
+        fraction_above=mask_pixels.double() / total,
         iou_quantile=iou_quantile,
         threshold_iqr=levels.gather(1, pair_index),
-        iqr=iqr * present,
+        iqr=iqr,
         iou_iqr=iou_iqr,
         concept_fraction=concept_fraction,
         concept_present=present,

@@ -382,6 +382,7 @@ BAD_BATCHES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 @pytest.mark.parametrize(("call", "error", "message"), BAD_BATCHES)
 def test_bad_batches_get_one_clear_error(call, error, message):
     metric = UnitConceptIoU(5, 3, **SMALL)
@@ -434,3 +435,14 @@ def test_bad_arguments_get_one_clear_error(kwargs, message):
     arguments = {"num_units": 5, "num_concepts": 3, **kwargs}
     with pytest.raises(ValueError, match=re.escape(message)):
         UnitConceptIoU(**arguments)
+
+
+def test_compute_in_blocks_of_units_gives_the_same_result(monkeypatch):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    batches = _batches(13, 2)
+    metric = _fed(batches, calibration_samples=1)
+    whole = metric.compute()
+    monkeypatch.setattr(unit_concept, "_COMPUTE_TABLES", 7)  # one unit per block
+    counts = metric._counts()
+    _assert_same_result(unit_concept.unit_concept_compute(counts, metric.levels), whole)
