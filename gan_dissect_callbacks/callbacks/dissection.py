@@ -52,7 +52,7 @@ from gan_dissect_callbacks.reporting.dissection_logging import (
     summarise,
     unit_galleries,
 )
-from gan_dissect_callbacks.reporting.images import batch_step, tensorboard_writers
+from gan_dissect_callbacks.reporting.images import analysis_dir, batch_step, tensorboard_writers
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback"]
@@ -246,8 +246,10 @@ class DissectionCallback(pl.Callback):
             entry = summarise(report, self.history[-1] if self.history else None)
             self.history.append(entry)
             self.last_report = report
+            # `trainer.log_dir` is a collective under DDP: every rank asks, rank 0 writes.
+            folder = self._report_dir(trainer)
             if trainer.is_global_zero:
-                self._write(trainer, pl_module, report, entry)
+                self._write(trainer, pl_module, report, entry, folder)
         except Exception as err:
             if self.raise_on_error:
                 raise
@@ -260,8 +262,7 @@ class DissectionCallback(pl.Callback):
     # ------------------------------------------------------------------ logging
 
     def _report_dir(self, trainer: pl.Trainer) -> Path:
-        base = trainer.log_dir if trainer.loggers and trainer.log_dir else trainer.default_root_dir
-        return Path(base) / "dissection"
+        return analysis_dir(trainer, "dissection")
 
     def _write(
         self,
@@ -269,11 +270,11 @@ class DissectionCallback(pl.Callback):
         pl_module: pl.LightningModule,
         report: DissectionReport,
         entry: dict[str, Any],
+        folder: Path,
     ) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         step = int(entry["step"])
-        folder = self._report_dir(trainer)
         report.to_json(folder / f"step_{step:07d}.json")
         report.to_json(folder / "latest.json")
         for logger in trainer.loggers:

@@ -69,7 +69,12 @@ from gan_dissect_callbacks.engines.sampling import (
     rng_isolated,
 )
 from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode, resolve_layer
-from gan_dissect_callbacks.reporting.images import batch_step, image_grid, tensorboard_writers
+from gan_dissect_callbacks.reporting.images import (
+    analysis_dir,
+    batch_step,
+    image_grid,
+    tensorboard_writers,
+)
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 if TYPE_CHECKING:
@@ -475,8 +480,7 @@ class InterventionCallback(pl.Callback):
     # ------------------------------------------------------------------ logging
 
     def _report_dir(self, trainer: pl.Trainer) -> Path:
-        base = trainer.log_dir if trainer.loggers and trainer.log_dir else trainer.default_root_dir
-        return Path(base) / "intervention"
+        return analysis_dir(trainer, "intervention")
 
     def _scalars(self, entry: dict[str, Any]) -> dict[str, float]:
         scalars: dict[str, float] = {}

@@ -114,15 +114,30 @@ def train_scene_gan(
 
 
 def default_callbacks(every_n_batches: int = 500, num_samples: int = 256) -> list[pl.Callback]:
-    """The analysis callbacks the demo attaches, configured for the toy world."""
+    """The analysis callbacks the demo attaches, configured for the toy world.
+
+    Dissection of three layers, causal tests of four concepts on ``generator.layer3`` (ranked by
+    the dissection's latest report), and SWD / discriminator score, all every
+    ``every_n_batches`` training batches.
+    """
+    from gan_dissect_callbacks.callbacks.artifacts import QualityMonitor
     from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
+    from gan_dissect_callbacks.callbacks.intervention import InterventionCallback
     from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 
+    segmenter = load_toy_segmenter()
     return [
         DissectionCallback(
             list(DEMO_LAYERS),
-            load_toy_segmenter(),
+            segmenter,
             every_n_train_steps=every_n_batches,
             num_samples=num_samples,
-        )
+        ),
+        InterventionCallback(
+            "generator.layer3",
+            ["sun", "cloud", "tree", "house"],
+            segmenter,
+            every_n_train_steps=every_n_batches,
+        ),
+        QualityMonitor(every_n_train_steps=every_n_batches, num_samples=num_samples),
     ]

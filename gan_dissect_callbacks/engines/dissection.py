@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from gan_dissect_callbacks.engines.sampling import (
     LatentSampler,
     iterate_samples,
+    latents_for,
     resolve_latent_sampler,
     rng_isolated,
 )
@@ -205,6 +206,13 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _default_calibration_samples() -> int:
+    import inspect
+
+    default = inspect.signature(UnitConceptIoU).parameters["calibration_samples"].default
+    return int(default)
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -302,7 +310,44 @@ def dissect(
     metrics: dict[str, UnitConceptIoU] = {}
     topk: dict[str, tuple[Tensor, Tensor]] = {}
     done = 0
+
+    def new_metric(name: str, r: Tensor, masks: Tensor) -> UnitConceptIoU:
+        if r.ndim != 4:
+            raise ValueError(
+                f"Expected layer {name!r} to output a featuremap [B, U, h, w], but got "
+                f"shape {tuple(r.shape)}. Dissect a convolutional layer."
+            )
+        return UnitConceptIoU(
+            r.shape[1],
+            len(vocabulary),
+            quantile=quantile,
+            segmentation_size=tuple(masks.shape[-2:]),
+            **(metric_kwargs or {}),
+        ).to(r.device)
+
     with rng_isolated(device), eval_mode(model), torch.no_grad():
+        if world > 1:
+            # A single process calibrates the candidate levels on the batches it buffers first
+            # (all of them once at least `calibration_samples` are waiting). Under DDP each rank
+            # holds only a share of those batches, so every rank draws them all to calibrate on:
+            # the levels, and so every count, are then exactly the single-process ones.
+            wanted = int(
+                (metric_kwargs or {}).get("calibration_samples", _default_calibration_samples())
+            )
+            num_cal = min(num_samples, -(-wanted // batch_size) * batch_size)
+            first = latents_for(sampler, range(num_cal), num_samples, batch_size, seed=seed)
+            chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
+            for start in range(0, num_cal, batch_size):
+                with capture_activations(model, list(layers)) as acts:
+                    images = generate_fn(first[start : start + batch_size])
+                masks = checked_segment(segmenter, images)
+                for name in layers:
+                    if name not in metrics:
+                        metrics[name] = new_metric(name, acts[name], masks)
+                    chunks[name].append(acts[name].float())
+            for name in layers:
+                metrics[name].calibrate(torch.cat(chunks[name]))
+            del chunks
         for batch in iterate_samples(
             sampler, num_samples, batch_size, seed=seed, rank=rank, world_size=world
         ):
@@ -312,19 +357,8 @@ def dissect(
             masks = checked_segment(segmenter, images)
             for name in layers:
                 r = acts[name]
-                if r.ndim != 4:
-                    raise ValueError(
-                        f"Expected layer {name!r} to output a featuremap [B, U, h, w], but got "
-                        f"shape {tuple(r.shape)}. Dissect a convolutional layer."
-                    )
                 if name not in metrics:
-                    metrics[name] = UnitConceptIoU(
-                        r.shape[1],
-                        len(vocabulary),
-                        quantile=quantile,
-                        segmentation_size=tuple(masks.shape[-2:]),
-                        **(metric_kwargs or {}),
-                    ).to(r.device)
+                    metrics[name] = new_metric(name, r, masks)
                 metrics[name].update(r.float(), masks)
                 if top_k:
                     peak = r.float().amax(dim=(2, 3)).T.cpu()  # [U, B]

@@ -2,8 +2,9 @@
 
 Every engine draws its latents from a :class:`torch.Generator` of its own, so the same seed gives
 the same samples on every process and in every run, and the global RNG streams of training are
-never advanced. Sample ``i`` always gets the same latent whatever the batch size or the number of
-processes, which is what lets results computed on split samples equal single-process results.
+never advanced. For a given seed and batch size, sample ``i`` gets the same latent whatever the
+number of processes, which is what lets results computed on split samples equal single-process
+results. (A different batch size draws the latents in other chunks, so it gives other samples.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "LatentSampler",
     "SampleBatch",
     "iterate_samples",
+    "latents_for",
     "resolve_latent_sampler",
     "rng_isolated",
 ]

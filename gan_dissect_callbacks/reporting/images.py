@@ -9,12 +9,13 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["batch_step", "image_grid", "tensorboard_writers", "to_unit_range"]
+__all__ = ["analysis_dir", "batch_step", "image_grid", "tensorboard_writers", "to_unit_range"]
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -79,3 +80,16 @@ def batch_step(trainer: Any) -> int:
     a GAN stepping two optimizers by hand advances it twice per batch.
     """
     return int(trainer.fit_loop.total_batch_idx)
+
+
+def analysis_dir(trainer: Any, name: str) -> Path:
+    """Where an analysis writes its files: ``{first logger's log_dir}/{name}``.
+
+    Like ``trainer.log_dir`` but without its broadcast, so rank 0 may call it alone under DDP.
+    Without a logger (or with ``fast_dev_run``'s dummy one) it is ``default_root_dir/{name}``.
+    """
+    base = None
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        base = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    return Path(base or trainer.default_root_dir) / name
