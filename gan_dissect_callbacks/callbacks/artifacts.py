@@ -57,16 +57,15 @@ Example:
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.engines.artifacts import (
     MASK_STATE_KEY,
     AblationResult,
@@ -85,7 +84,7 @@ from gan_dissect_callbacks.engines.sampling import (
 from gan_dissect_callbacks.instrumentation import eval_mode, resolve_layer
 from gan_dissect_callbacks.metrics.quality import DiscriminatorScore
 from gan_dissect_callbacks.metrics.swd import SlicedWassersteinDistance
-from gan_dissect_callbacks.reporting.images import batch_step, image_grid, tensorboard_writers
+from gan_dissect_callbacks.reporting.images import image_grid, tensorboard_writers
 
 __all__ = ["ArtifactPruningCallback", "QualityMonitor"]
 
@@ -198,24 +197,10 @@ def _log_scalars(trainer: pl.Trainer, scalars: dict[str, float], step: int) -> N
             writer.add_scalar(tag, value, global_step=step)
 
 
-@contextmanager
-def _reported(name: str, step: int, raise_on_error: bool) -> Iterator[None]:
-    try:
-        yield
-    except Exception as err:
-        if raise_on_error:
-            raise
-        rank_zero_warn(
-            f"{name}: the check at step {step} failed and was skipped; training goes on (pass"
-            " raise_on_error=True to stop instead).\n"
-            + "".join(traceback.format_exception(type(err), err, err.__traceback__))
-        )
-
-
 # ---------------------------------------------------------------------------------- pruning
 
 
-class ArtifactPruningCallback(pl.Callback):
+class ArtifactPruningCallback(ScheduledAnalysis):
     """Find artifact units of one generator layer at a cadence, verify, and optionally prune them.
 
     Args:
@@ -251,6 +236,10 @@ class ArtifactPruningCallback(pl.Callback):
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
     """
 
+    _what = "check"
+    #: One plain-value entry per check: scores, candidates, SWD with/without, decision.
+    history: list[dict[str, Any]]
+
     def __init__(
         self,
         layer: str,
@@ -279,7 +268,6 @@ class ArtifactPruningCallback(pl.Callback):
         generate: Callable[[Tensor], Tensor] | None = None,
         raise_on_error: bool = False,
     ) -> None:
-        super().__init__()
         if not isinstance(layer, str) or not layer:
             raise ValueError(
                 f"Expected argument `layer` to be a layer name such as 'generator.layer3', but got"
@@ -323,10 +311,11 @@ class ArtifactPruningCallback(pl.Callback):
             raise ValueError(
                 f"Expected argument `tag_prefix` to be a non-empty string, but got {tag_prefix!r}."
             )
+        # Validated above as a required int, so the base's own check never speaks.
+        super().__init__(every_n_train_steps=every_n_train_steps, raise_on_error=raise_on_error)
         self.layer = layer
         self.real_images = real_images
         self.num_real = num_real if num_real is not None else num_samples
-        self.every_n_train_steps = every_n_train_steps
         self.num_samples = num_samples
         self.top_k = top_k
         self.top_n = top_n
@@ -346,16 +335,12 @@ class ArtifactPruningCallback(pl.Callback):
         self.sample_latents = sample_latents
         self.latent_dim = latent_dim
         self.generate = generate
-        self.raise_on_error = raise_on_error
         #: The persistent mask (empty until a verified pruning is kept).
         self.mask = PruningMask()
-        #: One plain-value entry per check: scores, candidates, SWD with/without, decision.
-        self.history: list[dict[str, Any]] = []
         self.last_scores: UnitArtifactScores | None = None
         self.last_ablation: AblationResult | None = None
         self._module: pl.LightningModule | None = None
         self._real: Tensor | None = None
-        self._last_step: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -383,20 +368,11 @@ class ArtifactPruningCallback(pl.Callback):
         self._module = pl_module
         self._install()
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        step = batch_step(trainer) + 1
-        if step % self.every_n_train_steps == 0:
-            self._check(trainer, pl_module, step)
-
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, MASK_STATE_KEY: self.mask.state_dict()}
+        return {**super().state_dict(), MASK_STATE_KEY: self.mask.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        if self.history:
-            self._last_step = int(self.history[-1]["step"])
+        super().load_state_dict(state_dict)
         self.mask.load_state_dict(state_dict.get(MASK_STATE_KEY, {"units": {}}))
         self._install()
 
@@ -406,33 +382,19 @@ class ArtifactPruningCallback(pl.Callback):
 
     # ------------------------------------------------------------------ the check
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        """Analyse on rank 0, broadcast the decision, apply it everywhere. All ranks call it."""
-        if trainer.sanity_checking or step == self._last_step:
-            return
-        self._last_step = step
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        """Decide on rank 0, broadcast the decision, apply it everywhere. All ranks call it."""
         entry: dict[str, Any] | None = None
         error: Exception | None = None
         if trainer.is_global_zero:
             try:
-                entry = self._analyse(trainer, pl_module, step)
+                entry = self._decide(trainer, pl_module, step)
             except Exception as err:
                 error = err
         message = None if error is None else f"{type(error).__name__}: {error}"
         entry, message = trainer.strategy.broadcast((entry, message), src=0)
-        if message is not None:
-            if self.raise_on_error:
-                raise error if error is not None else RuntimeError(message)
-            text = (
-                "".join(traceback.format_exception(type(error), error, error.__traceback__))
-                if error is not None
-                else message
-            )
-            rank_zero_warn(
-                f"ArtifactPruningCallback: the check at step {step} failed and was skipped;"
-                f" training goes on (pass raise_on_error=True to stop instead).\n{text}"
-            )
-            return
+        if message is not None:  # every rank fails alike, so every rank skips the check
+            raise error if error is not None else RuntimeError(message)
         assert entry is not None
         if entry["rolled_back"]:
             self.mask.restore(self.layer)
@@ -443,7 +405,7 @@ class ArtifactPruningCallback(pl.Callback):
         entry["pruned_units"] = self.mask.units(self.layer)
         self.history.append(entry)
         if trainer.is_global_zero:
-            with _reported("ArtifactPruningCallback", step, self.raise_on_error):
+            with self._reported(step):
                 self._write(trainer, pl_module, entry)
 
     def _analysis_kwargs(self) -> dict[str, Any]:
@@ -458,7 +420,7 @@ class ArtifactPruningCallback(pl.Callback):
             "latent_dim": self.latent_dim,
         }
 
-    def _analyse(
+    def _decide(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
     ) -> dict[str, Any]:
         if self._real is None:
@@ -623,7 +585,7 @@ class ArtifactPruningCallback(pl.Callback):
 # ---------------------------------------------------------------------------------- quality
 
 
-class QualityMonitor(pl.Callback):
+class QualityMonitor(ScheduledAnalysis):
     """Log the global SWD (per level and averaged) and the discriminator score at a cadence.
 
     Scalars ``{tag_prefix}/swd_{resolution}``, ``{tag_prefix}/swd_avg`` (×10³, lower is better,
@@ -652,6 +614,10 @@ class QualityMonitor(pl.Callback):
         raise_on_error: re-raise failures instead of warning and going on.
     """
 
+    _what = "check"
+    #: One entry per measurement: ``{"step": n, "swd_avg": ..., ...}``.
+    history: list[dict[str, Any]]
+
     def __init__(
         self,
         real_images: RealImages | None = None,
@@ -671,7 +637,6 @@ class QualityMonitor(pl.Callback):
         generate: Callable[[Tensor], Tensor] | None = None,
         raise_on_error: bool = False,
     ) -> None:
-        super().__init__()
         _check_real_source(real_images)
         for name, value in (
             ("every_n_train_steps", every_n_train_steps),
@@ -687,9 +652,12 @@ class QualityMonitor(pl.Callback):
             raise ValueError(
                 f"Expected argument `tag_prefix` to be a non-empty string, but got {tag_prefix!r}."
             )
+        super().__init__(
+            every_n_train_steps=every_n_train_steps,
+            on_train_start=on_train_start,
+            raise_on_error=raise_on_error,
+        )
         self.real_images = real_images
-        self.every_n_train_steps = every_n_train_steps
-        self.run_on_train_start = on_train_start
         self.num_samples = num_samples
         self.num_real = num_real if num_real is not None else num_samples
         self.batch_size = batch_size
@@ -701,11 +669,7 @@ class QualityMonitor(pl.Callback):
         self.sample_latents = sample_latents
         self.latent_dim = latent_dim
         self.generate = generate
-        self.raise_on_error = raise_on_error
-        #: One entry per measurement: ``{"step": n, "swd_avg": ..., ...}``.
-        self.history: list[dict[str, Any]] = []
         self._swd: SlicedWassersteinDistance | None = None
-        self._last_step: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -715,34 +679,13 @@ class QualityMonitor(pl.Callback):
         resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
         _resolve_discriminator(pl_module, self.discriminator)  # an unknown name fails here
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_start and not self.history:
-            self._measure(trainer, pl_module, batch_step(trainer) + 1)  # batches done so far
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        step = batch_step(trainer) + 1
-        if step % self.every_n_train_steps == 0:
-            self._measure(trainer, pl_module, step)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        if self.history:
-            self._last_step = int(self.history[-1]["step"])
-
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        if trainer.sanity_checking or step == self._last_step or not trainer.is_global_zero:
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        if not trainer.is_global_zero:  # rank 0 measures alone; the others have nothing to do
             return
-        self._last_step = step
-        with _reported("QualityMonitor", step, self.raise_on_error):
-            values = self._compute(trainer, pl_module)
-            entry: dict[str, Any] = {"step": step, **values}
-            self.history.append(entry)
-            _log_scalars(trainer, {f"{self.tag_prefix}/{k}": v for k, v in values.items()}, step)
+        values = self._compute(trainer, pl_module)
+        entry: dict[str, Any] = {"step": step, **values}
+        self.history.append(entry)
+        _log_scalars(trainer, {f"{self.tag_prefix}/{k}": v for k, v in values.items()}, step)
 
     def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         if self._swd is None:

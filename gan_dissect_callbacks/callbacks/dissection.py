@@ -34,15 +34,14 @@ Example:
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
 from gan_dissect_callbacks.engines.sampling import LatentSampler, resolve_latent_sampler
 from gan_dissect_callbacks.instrumentation import resolve_layer
@@ -52,7 +51,7 @@ from gan_dissect_callbacks.reporting.dissection_logging import (
     summarise,
     unit_galleries,
 )
-from gan_dissect_callbacks.reporting.images import analysis_dir, batch_step, tensorboard_writers
+from gan_dissect_callbacks.reporting.images import analysis_dir, tensorboard_writers
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback"]
@@ -60,12 +59,7 @@ __all__ = ["DissectionCallback"]
 _RULES = ("quantile", "iqr")
 
 
-def _check_interval(value: int | None, name: str) -> None:
-    if value is not None and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"Expected argument `{name}` to be None or an int ≥ 1, but got {value!r}.")
-
-
-class DissectionCallback(pl.Callback):
+class DissectionCallback(ScheduledAnalysis):
     """Dissect generator layers at a cadence and log interpretability to TensorBoard.
 
     Args:
@@ -94,6 +88,11 @@ class DissectionCallback(pl.Callback):
         metric_kwargs: extra arguments of the IoU metric (e.g. ``num_levels``).
     """
 
+    _what = "dissection"
+    _report_name = "dissection"
+    #: One entry per dissection: step, and per layer the logged numbers and unit labels.
+    history: list[dict[str, Any]]
+
     def __init__(
         self,
         layers: Sequence[str],
@@ -117,14 +116,18 @@ class DissectionCallback(pl.Callback):
         raise_on_error: bool = False,
         metric_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            on_train_start=on_train_start,
+            on_train_end=on_train_end,
+            raise_on_error=raise_on_error,
+        )
         if isinstance(layers, str) or not layers:
             raise ValueError(
                 f"Expected argument `layers` to be a non-empty list of layer names, but got "
                 f"{layers!r}."
             )
-        _check_interval(every_n_train_steps, "every_n_train_steps")
-        _check_interval(every_n_epochs, "every_n_epochs")
         if rule not in _RULES:
             raise ValueError(f"Expected argument `rule` to be one of {_RULES}, but got {rule!r}.")
         if not 0.0 < quantile < 1.0:
@@ -151,10 +154,6 @@ class DissectionCallback(pl.Callback):
                 )
         self.layers = list(layers)
         self.segmenter = segmenter
-        self.every_n_train_steps = every_n_train_steps
-        self.every_n_epochs = every_n_epochs
-        self.run_on_train_start = on_train_start
-        self.run_on_train_end = on_train_end
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -166,13 +165,9 @@ class DissectionCallback(pl.Callback):
         self.sample_latents = sample_latents
         self.latent_dim = latent_dim
         self.generate = generate
-        self.raise_on_error = raise_on_error
         self.metric_kwargs = dict(metric_kwargs or {})
-        #: One entry per dissection: step, and per layer the logged numbers and unit labels.
-        self.history: list[dict[str, Any]] = []
         self.last_report: DissectionReport | None = None
         self._layout_written = False
-        self._last_step: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -184,85 +179,36 @@ class DissectionCallback(pl.Callback):
         for name in self.layers:
             resolve_layer(pl_module, name)  # raises with the list of valid names
         resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
-        if not trainer.loggers:
-            rank_zero_warn(
-                "DissectionCallback: the trainer has no logger, so nothing goes to TensorBoard; "
-                f"JSON reports are still written under {self._report_dir(trainer)}. Pass "
-                "`logger=TensorBoardLogger(...)` to the Trainer to see the curves."
-            )
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_start and not self.history:
-            self._run(trainer, pl_module, step=0)
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        step = batch_step(trainer)
-        if self.every_n_train_steps and (step + 1) % self.every_n_train_steps == 0:
-            self._run(trainer, pl_module, step=step + 1)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._run(trainer, pl_module, step=batch_step(trainer) + 1)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_end:
-            self._run(trainer, pl_module, step=batch_step(trainer) + 1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        if self.history:
-            self._last_step = int(self.history[-1]["step"])
+        super().setup(trainer, pl_module, stage)  # warns when there is no logger
 
     # ------------------------------------------------------------------ the analysis
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Dissect at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
-        if trainer.sanity_checking or step == self._last_step:
-            return
-        self._last_step = step
-        try:
-            report = dissect(
-                pl_module,
-                self.layers,
-                self.segmenter,
-                generate=self.generate,
-                sample_latents=self.sample_latents,
-                latent_dim=self.latent_dim,
-                num_samples=self.num_samples,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                rule=self.rule,  # type: ignore[arg-type]
-                quantile=self.quantile,
-                iou_cutoff=self.iou_cutoff,
-                top_k=self.top_k,
-                metric_kwargs=self.metric_kwargs,
-                step=step,
-            )
-            entry = summarise(report, self.history[-1] if self.history else None)
-            self.history.append(entry)
-            self.last_report = report
-            # `trainer.log_dir` is a collective under DDP: every rank asks, rank 0 writes.
-            folder = self._report_dir(trainer)
-            if trainer.is_global_zero:
-                self._write(trainer, pl_module, report, entry, folder)
-        except Exception as err:
-            if self.raise_on_error:
-                raise
-            rank_zero_warn(
-                f"DissectionCallback: the dissection at step {step} failed and was skipped; "
-                f"training goes on (pass raise_on_error=True to stop instead).\n"
-                + "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            )
+        report = dissect(
+            pl_module,
+            self.layers,
+            self.segmenter,
+            generate=self.generate,
+            sample_latents=self.sample_latents,
+            latent_dim=self.latent_dim,
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            rule=self.rule,  # type: ignore[arg-type]
+            quantile=self.quantile,
+            iou_cutoff=self.iou_cutoff,
+            top_k=self.top_k,
+            metric_kwargs=self.metric_kwargs,
+            step=step,
+        )
+        entry = summarise(report, self.history[-1] if self.history else None)
+        self.history.append(entry)
+        self.last_report = report
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, report, entry, analysis_dir(trainer, "dissection"))
 
     # ------------------------------------------------------------------ logging
-
-    def _report_dir(self, trainer: pl.Trainer) -> Path:
-        return analysis_dir(trainer, "dissection")
 
     def _write(
         self,

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -50,6 +48,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.engines.intervention import (
     ConceptAbsentError,
     NoInsertionSiteError,
@@ -69,12 +68,7 @@ from gan_dissect_callbacks.engines.sampling import (
     rng_isolated,
 )
 from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode, resolve_layer
-from gan_dissect_callbacks.reporting.images import (
-    analysis_dir,
-    batch_step,
-    image_grid,
-    tensorboard_writers,
-)
+from gan_dissect_callbacks.reporting.images import analysis_dir, image_grid, tensorboard_writers
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 if TYPE_CHECKING:
@@ -95,7 +89,7 @@ def _check_int(value: object, name: str, low: int, optional: bool = False) -> No
         raise ValueError(f"Expected argument `{name}` to be {allowed}, but got {value!r}.")
 
 
-class InterventionCallback(pl.Callback):
+class InterventionCallback(ScheduledAnalysis):
     """Ablate and insert a layer's top units for each tracked concept; log the causal effects.
 
     Args:
@@ -131,6 +125,11 @@ class InterventionCallback(pl.Callback):
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
     """
 
+    _what = "intervention analysis"
+    _report_name = "intervention"
+    #: One entry per run: step, ranking source and, per concept, the measured numbers.
+    history: list[dict[str, Any]]
+
     def __init__(
         self,
         layer: str,
@@ -160,7 +159,13 @@ class InterventionCallback(pl.Callback):
         generate: Callable[[Tensor], Tensor] | None = None,
         raise_on_error: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            on_train_start=on_train_start,
+            on_train_end=on_train_end,
+            raise_on_error=raise_on_error,
+        )
         if not isinstance(layer, str) or not layer:
             raise ValueError(
                 f"Expected argument `layer` to be a layer name such as 'generator.layer2', but "
@@ -185,8 +190,6 @@ class InterventionCallback(pl.Callback):
                 f"Unknown concept(s) {unknown} in argument `concepts`. Known concepts: "
                 f"{', '.join(known)}."
             )
-        _check_int(every_n_train_steps, "every_n_train_steps", 1, optional=True)
-        _check_int(every_n_epochs, "every_n_epochs", 1, optional=True)
         _check_int(patch_size, "patch_size", 1, optional=True)
         for name, value, low in (
             ("num_samples", num_samples, 1),
@@ -214,10 +217,6 @@ class InterventionCallback(pl.Callback):
         self.layer = layer
         self.concepts = list(concepts)
         self.segmenter = segmenter
-        self.every_n_train_steps = every_n_train_steps
-        self.every_n_epochs = every_n_epochs
-        self.run_on_train_start = on_train_start
-        self.run_on_train_end = on_train_end
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -235,10 +234,6 @@ class InterventionCallback(pl.Callback):
         self.sample_latents = sample_latents
         self.latent_dim = latent_dim
         self.generate = generate
-        self.raise_on_error = raise_on_error
-        #: One entry per run: step, ranking source and, per concept, the measured numbers.
-        self.history: list[dict[str, Any]] = []
-        self._last_step: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -249,76 +244,31 @@ class InterventionCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         resolve_layer(pl_module, self.layer)  # raises with the list of valid names
         resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
-        if not trainer.loggers:
-            rank_zero_warn(
-                "InterventionCallback: the trainer has no logger, so nothing goes to "
-                f"TensorBoard; JSON reports are still written under {self._report_dir(trainer)}. "
-                "Pass `logger=TensorBoardLogger(...)` to the Trainer to see the curves."
-            )
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_start and not self.history:
-            self._run(trainer, pl_module, step=0)
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        step = batch_step(trainer)
-        if self.every_n_train_steps and (step + 1) % self.every_n_train_steps == 0:
-            self._run(trainer, pl_module, step=step + 1)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._run(trainer, pl_module, step=batch_step(trainer) + 1)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_end:
-            self._run(trainer, pl_module, step=batch_step(trainer) + 1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        if self.history:
-            self._last_step = int(self.history[-1]["step"])
+        super().setup(trainer, pl_module, stage)  # warns when there is no logger
 
     # ------------------------------------------------------------------ the analysis
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Analyse at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
-        if trainer.sanity_checking or step == self._last_step:
-            return
-        self._last_step = step
-        try:
-            report, source = self._ranking_report(trainer, pl_module, step)
-            concepts: dict[str, Any] = {}
-            images: dict[str, Tensor] = {}
-            for concept in self.concepts:
-                try:
-                    concepts[concept], picture = self._analyse(pl_module, report, concept)
-                except ConceptAbsentError as err:  # the generator does not draw it (yet)
-                    if self.raise_on_error:
-                        raise
-                    rank_zero_warn(
-                        f"InterventionCallback: concept {concept!r} was skipped at step {step}: "
-                        f"{err}"
-                    )
-                    concepts[concept], picture = None, None
-                if picture is not None:
-                    images[concept] = picture
-            entry = {"step": step, "layer": self.layer, "source": source, "concepts": concepts}
-            self.history.append(entry)
-            if trainer.is_global_zero:
-                self._write(trainer, entry, images)
-        except Exception as err:
-            if self.raise_on_error:
-                raise
-            rank_zero_warn(
-                f"InterventionCallback: the intervention analysis at step {step} failed and was "
-                f"skipped; training goes on (pass raise_on_error=True to stop instead).\n"
-                + "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            )
+        report, source = self._ranking_report(trainer, pl_module, step)
+        concepts: dict[str, Any] = {}
+        images: dict[str, Tensor] = {}
+        for concept in self.concepts:
+            try:
+                concepts[concept], picture = self._analyse_concept(pl_module, report, concept)
+            except ConceptAbsentError as err:  # the generator does not draw it (yet)
+                if self.raise_on_error:
+                    raise
+                rank_zero_warn(
+                    f"InterventionCallback: concept {concept!r} was skipped at step {step}: {err}"
+                )
+                concepts[concept], picture = None, None
+            if picture is not None:
+                images[concept] = picture
+        entry = {"step": step, "layer": self.layer, "source": source, "concepts": concepts}
+        self.history.append(entry)
+        if trainer.is_global_zero:
+            self._write(trainer, entry, images)
 
     def _ranking_report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
@@ -361,7 +311,7 @@ class InterventionCallback(pl.Callback):
             "seed": self.seed,
         }
 
-    def _analyse(
+    def _analyse_concept(
         self, pl_module: pl.LightningModule, report: DissectionReport, concept: str
     ) -> tuple[dict[str, Any] | None, Tensor | None]:
         """Every measure for one concept; ``(None, None)`` when the concept is never drawn."""
@@ -479,9 +429,6 @@ class InterventionCallback(pl.Callback):
 
     # ------------------------------------------------------------------ logging
 
-    def _report_dir(self, trainer: pl.Trainer) -> Path:
-        return analysis_dir(trainer, "intervention")
-
     def _scalars(self, entry: dict[str, Any]) -> dict[str, float]:
         scalars: dict[str, float] = {}
         for concept, numbers in entry["concepts"].items():
@@ -512,7 +459,7 @@ class InterventionCallback(pl.Callback):
         from gan_dissect_callbacks.engines.dissection import write_atomically
 
         step = int(entry["step"])
-        folder = self._report_dir(trainer)
+        folder = analysis_dir(trainer, "intervention")
         text = json.dumps({"format": "gan_dissect_callbacks.intervention/1", **entry}, indent=1)
         write_atomically(folder / f"step_{step:07d}.json", text)
         write_atomically(folder / "latest.json", text)

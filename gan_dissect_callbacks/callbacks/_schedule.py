@@ -1,0 +1,150 @@
+"""The Lightning plumbing shared by the analysis callbacks: when to run, and what a failure does.
+
+A subclass implements one method, ``_analyse(trainer, pl_module, step)``; this base decides the
+step, calls it at the callback's cadence, at most once per step and never while Lightning
+sanity-checks, and turns a failure into a warning unless ``raise_on_error``.
+
+**Step axis**: a *step* is a training batch (``trainer.fit_loop.total_batch_idx``); an analysis
+of the model after ``n`` batches runs at step ``n``, so the one before training runs at step 0.
+
+**DDP**: every rank calls ``_analyse``; a subclass that measures on rank 0 alone says so there.
+"""
+
+from __future__ import annotations
+
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
+
+from gan_dissect_callbacks.reporting.images import analysis_dir, batch_step
+
+__all__ = ["ScheduledAnalysis"]
+
+
+def _check_interval(value: object, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"Expected argument `{name}` to be None or an int ≥ 1, but got {value!r}.")
+
+
+class ScheduledAnalysis(pl.Callback, ABC):
+    """Run ``_analyse`` every ``n`` training batches or epochs, and optionally at start and end.
+
+    Subclasses keep their entries in ``history`` (each a dict with a ``"step"``); it is the
+    callback's state, and its last step is not analysed again after a resume.
+
+    Args:
+        every_n_train_steps: run after every ``n`` training batches (``None``: never).
+        every_n_epochs: run after every ``n`` training epochs (``None``: never).
+        on_train_start: also run before the first batch.
+        on_train_end: also run when training ends (skipped if the last batch was analysed).
+        raise_on_error: re-raise failures of the analysis instead of warning and going on.
+
+    Example:
+        >>> class StepRecorder(ScheduledAnalysis):
+        ...     def _analyse(self, trainer, pl_module, step):
+        ...         self.history.append({"step": step})
+        >>> recorder = StepRecorder(every_n_train_steps=2)
+        >>> recorder.load_state_dict({"history": [{"step": 4}]})
+        >>> recorder.state_dict()
+        {'history': [{'step': 4}]}
+        >>> StepRecorder(every_n_epochs=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `every_n_epochs` to be None or an int ≥ 1, but got 0.
+    """
+
+    #: What a failure's warning calls the analysis: "the {_what} at step n failed ...".
+    _what: ClassVar[str] = "analysis"
+    #: Folder (under the first logger's ``log_dir``) of the JSON reports; set, ``setup`` warns
+    #: when the trainer has no logger.
+    _report_name: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        *,
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        on_train_start: bool = False,
+        on_train_end: bool = False,
+        raise_on_error: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_interval(every_n_train_steps, "every_n_train_steps")
+        _check_interval(every_n_epochs, "every_n_epochs")
+        self.every_n_train_steps = every_n_train_steps
+        self.every_n_epochs = every_n_epochs
+        self.run_on_train_start = on_train_start
+        self.run_on_train_end = on_train_end
+        self.raise_on_error = raise_on_error
+        self.history: list[dict[str, Any]] = []
+        self._last_step: int | None = None
+
+    @abstractmethod
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        """Analyse the model after ``step`` training batches (every rank calls it)."""
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._report_name is not None and not trainer.loggers:
+            rank_zero_warn(
+                f"{type(self).__name__}: the trainer has no logger, so nothing goes to "
+                "TensorBoard; JSON reports are still written under "
+                f"{analysis_dir(trainer, self._report_name)}. Pass "
+                "`logger=TensorBoardLogger(...)` to the Trainer to see the curves."
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_on_train_start and not self.history:
+            self._run(trainer, pl_module, batch_step(trainer) + 1)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        step = batch_step(trainer) + 1
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0:
+            self._run(trainer, pl_module, step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._run(trainer, pl_module, batch_step(trainer) + 1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_on_train_end:
+            self._run(trainer, pl_module, batch_step(trainer) + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        if self.history:
+            self._last_step = int(self.history[-1]["step"])
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        if trainer.sanity_checking or step == self._last_step:
+            return
+        self._last_step = step
+        with self._reported(step):
+            self._analyse(trainer, pl_module, step)
+
+    @contextmanager
+    def _reported(self, step: int) -> Iterator[None]:
+        """A failure inside becomes a warning (training goes on), unless ``raise_on_error``."""
+        try:
+            yield
+        except Exception as err:
+            if self.raise_on_error:
+                raise
+            rank_zero_warn(
+                f"{type(self).__name__}: the {self._what} at step {step} failed and was skipped;"
+                " training goes on (pass raise_on_error=True to stop instead).\n"
+                + "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            )
