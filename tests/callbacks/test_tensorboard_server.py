@@ -59,8 +59,17 @@ def served(tmp_path_factory):
     port = free_port()
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "tensorboard.main", "--logdir", str(root),
-            "--host", "127.0.0.1", "--port", str(port), "--samples_per_plugin", "images=100",
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--samples_per_plugin",
+            "images=100",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -104,7 +113,9 @@ def test_gallery_chart_and_samples_are_served_as_pngs(served):
         assert tag in tags
         entries = get_json(served, "/data/plugin/images/images", run="demo/version_0", tag=tag)
         assert [e["step"] for e in entries] == [0, 2, 4]
-        with urllib.request.urlopen(served + "/data/plugin/images/individualImage?" + entries[-1]["query"]) as r:
+        with urllib.request.urlopen(
+            served + "/data/plugin/images/individualImage?" + entries[-1]["query"]
+        ) as r:
             assert r.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "samples/fixed_latents" in tags
 
