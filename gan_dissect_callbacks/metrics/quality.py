@@ -13,14 +13,14 @@ Two global quality metrics besides the sliced Wasserstein distance
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from gan_dissect_callbacks.instrumentation import eval_mode
 
 __all__ = ["DiscriminatorScore", "make_fid"]
 
@@ -106,18 +106,6 @@ class DiscriminatorScore(Metric):
         return (self.score_sum / self.num_images).float()
 
 
-@contextmanager
-def _evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode, then restore every submodule's own previous mode."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 class _SignedImageFeatures(nn.Module):
     """Adapts a feature extractor for images in [0, 1] to FID updates with images in [-1, 1].
 
@@ -153,7 +141,7 @@ class _SignedImageFeatures(nn.Module):
                 "Expected argument `imgs` to have values in [-1, 1], but got values in"
                 f" [{images.min().item():.4g}, {images.max().item():.4g}]."
             )
-        with _evaluation_mode(self.extractor), torch.no_grad():
+        with eval_mode(self.extractor), torch.no_grad():
             features = self.extractor((images + 1) / 2)
         if not isinstance(features, Tensor) or tuple(features.shape) != (
             images.shape[0],
@@ -231,7 +219,7 @@ def make_fid(
         parameter = next(feature_extractor.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
         probe = torch.zeros(1, *input_img_size, device=device)
-        with _evaluation_mode(feature_extractor), torch.no_grad():
+        with eval_mode(feature_extractor), torch.no_grad():
             output = feature_extractor(probe)
         if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != 1:
             shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
