@@ -49,12 +49,14 @@ import importlib
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import nn
+
+from gan_dissect_callbacks.checkpoints import checkpoint_step, read_checkpoint
 
 __all__ = [
     "DEFAULT_CHECKPOINT_CLASS",
@@ -106,38 +108,6 @@ def load_object(spec: str, argument: str = "the object") -> Any:
             )
         found = getattr(found, part)
     return found
-
-
-def checkpoint_step(checkpoint: Mapping[str, Any]) -> int | None:
-    """The number of training batches a Lightning checkpoint records, or ``None`` if none.
-
-    This is the step axis of ``self.log`` and of the callbacks; a checkpoint's ``global_step``
-    counts optimizer steps, which a GAN stepping two optimizers advances twice per batch.
-
-    Example:
-        >>> loops = {"fit_loop": {"epoch_loop.batch_progress": {"total": {"completed": 300}}}}
-        >>> checkpoint_step({"global_step": 600, "loops": loops}), checkpoint_step({})
-        (300, None)
-    """
-    try:
-        total = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
-        return int(total["completed"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
-    # Memory-mapped: only the loop counters are read here; the weights load in load_from_checkpoint.
-    try:
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except RuntimeError:  # not a zip archive (legacy format) cannot be memory-mapped
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(data, Mapping):
-        raise ValueError(
-            f"Expected {path} to hold a Lightning checkpoint (a dict with a 'state_dict'), but it "
-            f"holds a {type(data).__name__}."
-        )
-    return data
 
 
 def load_generator(
@@ -195,7 +165,7 @@ def _load_checkpoint(path: Path, class_spec: str) -> tuple[nn.Module, int | None
             f"`load_from_checkpoint`, but {cls!r} has none."
         )
     try:
-        step = checkpoint_step(_read_checkpoint(path))
+        step = checkpoint_step(read_checkpoint(path))
         model = cls.load_from_checkpoint(path, map_location="cpu")
     except Exception as err:
         raise ValueError(

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gan_dissect_callbacks.reporting.images import analysis_dir, batch_step
+from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step
 
 __all__ = ["ScheduledAnalysis"]
 

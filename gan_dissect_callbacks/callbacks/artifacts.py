@@ -66,6 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
+from gan_dissect_callbacks.callbacks._trainer import tensorboard_writers
 from gan_dissect_callbacks.engines.artifacts import (
     MASK_STATE_KEY,
     AblationResult,
@@ -84,7 +85,7 @@ from gan_dissect_callbacks.engines.sampling import (
 from gan_dissect_callbacks.instrumentation import eval_mode, resolve_layer
 from gan_dissect_callbacks.metrics.quality import DiscriminatorScore
 from gan_dissect_callbacks.metrics.swd import SlicedWassersteinDistance
-from gan_dissect_callbacks.reporting.images import image_grid, tensorboard_writers
+from gan_dissect_callbacks.reporting.images import image_grid
 
 __all__ = ["ArtifactPruningCallback", "QualityMonitor"]
 

@@ -42,6 +42,7 @@ import lightning.pytorch as pl
 from torch import Tensor
 
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
+from gan_dissect_callbacks.callbacks._trainer import analysis_dir, tensorboard_writers
 from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
 from gan_dissect_callbacks.engines.sampling import LatentSampler, resolve_latent_sampler
 from gan_dissect_callbacks.instrumentation import resolve_layer
@@ -51,7 +52,6 @@ from gan_dissect_callbacks.reporting.dissection_logging import (
     summarise,
     unit_galleries,
 )
-from gan_dissect_callbacks.reporting.images import analysis_dir, tensorboard_writers
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback"]

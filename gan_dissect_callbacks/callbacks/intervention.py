@@ -49,6 +49,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
+from gan_dissect_callbacks.callbacks._trainer import analysis_dir, tensorboard_writers
 from gan_dissect_callbacks.engines.intervention import (
     ConceptAbsentError,
     NoInsertionSiteError,
@@ -68,7 +69,7 @@ from gan_dissect_callbacks.engines.sampling import (
     rng_isolated,
 )
 from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode, resolve_layer
-from gan_dissect_callbacks.reporting.images import analysis_dir, image_grid, tensorboard_writers
+from gan_dissect_callbacks.reporting.images import image_grid
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 if TYPE_CHECKING:
@@ -456,7 +457,7 @@ class InterventionCallback(ScheduledAnalysis):
         return scalars
 
     def _write(self, trainer: pl.Trainer, entry: dict[str, Any], images: dict[str, Tensor]) -> None:
-        from gan_dissect_callbacks.engines.dissection import write_atomically
+        from gan_dissect_callbacks.reporting.writing import write_atomically
 
         step = int(entry["step"])
         folder = analysis_dir(trainer, "intervention")
@@ -473,7 +474,7 @@ class InterventionCallback(ScheduledAnalysis):
         writers = tensorboard_writers(trainer)
         if not writers:
             return
-        from gan_dissect_callbacks.reporting.views import figure_to_image
+        from gan_dissect_callbacks.reporting.charts import figure_to_image
 
         charts = {
             concept: figure_to_image(_removal_chart(concept, numbers, self.layer))

@@ -202,7 +202,7 @@ class SceneGAN(pl.LightningModule):
             self._log_samples(0)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        from gan_dissect_callbacks.reporting.images import batch_step
+        from gan_dissect_callbacks.callbacks._trainer import batch_step
 
         every = self.hparams["sample_every_n_batches"]
         done = batch_step(self.trainer) + 1  # batches trained so far: the state we draw
@@ -212,7 +212,8 @@ class SceneGAN(pl.LightningModule):
     @torch.no_grad()
     def _log_samples(self, step: int) -> None:
         # Imported here: reporting depends on matplotlib, which a bare model does not need.
-        from gan_dissect_callbacks.reporting.images import image_grid, tensorboard_writers
+        from gan_dissect_callbacks.callbacks._trainer import tensorboard_writers
+        from gan_dissect_callbacks.reporting.images import image_grid
 
         was_training = self.generator.training
         self.generator.eval()

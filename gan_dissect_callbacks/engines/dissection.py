@@ -13,8 +13,6 @@ are summed and the top-k lists merged, so every process gets the single-process 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from gan_dissect_callbacks.engines.sampling import (
 )
 from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode, resolve_layer
 from gan_dissect_callbacks.metrics.unit_concept_iou import UnitConceptIoU
+from gan_dissect_callbacks.reporting.writing import write_atomically
 from gan_dissect_callbacks.segmenters.base import Segmenter, check_images, checked_segment
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
@@ -191,20 +190,6 @@ class DissectionReport:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a report is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _default_calibration_samples() -> int:

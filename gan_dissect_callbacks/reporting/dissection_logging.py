@@ -22,16 +22,14 @@ from gan_dissect_callbacks.engines.dissection import DissectionReport
 from gan_dissect_callbacks.engines.sampling import LatentSampler, latents_for, rng_isolated
 from gan_dissect_callbacks.functional.upsample import upsample_activations
 from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode
-from gan_dissect_callbacks.reporting.views import (
-    GalleryRow,
-    category_chart,
+from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery
+from gan_dissect_callbacks.reporting.layouts import (
     custom_scalars_layout,
-    figure_to_image,
     label_stability,
     layer_scalar_tags,
-    unit_gallery,
-    units_markdown,
 )
+from gan_dissect_callbacks.reporting.tables import units_markdown
 
 __all__ = ["log_dissection", "scalar_values", "summarise", "unit_galleries"]
 

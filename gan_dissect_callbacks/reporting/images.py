@@ -1,4 +1,4 @@
-"""Small image helpers for TensorBoard: grids without torchvision, and finding the writers.
+"""Small image helpers for TensorBoard: image grids without torchvision, enlarging small samples.
 
 Example:
     >>> import torch
@@ -9,13 +9,10 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import Tensor
 
-__all__ = ["analysis_dir", "batch_step", "image_grid", "tensorboard_writers", "to_unit_range"]
+__all__ = ["enlarge", "image_grid", "to_unit_range"]
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -62,34 +59,20 @@ def image_grid(
     return grid.cpu()
 
 
-def tensorboard_writers(trainer: Any) -> list[Any]:
-    """Every TensorBoard ``SummaryWriter`` among a trainer's loggers (possibly none).
+def enlarge(images: Tensor, min_side: int = 64) -> Tensor:
+    """Upscale ``images [N, C, H, W]`` by an integer factor (nearest) to a side ≥ ``min_side``.
 
-    Lightning's ``fast_dev_run`` replaces loggers by a dummy one, which is skipped.
+    Small GAN samples are unreadable at native size in TensorBoard's dashboard.
+
+    Example:
+        >>> tuple(enlarge(torch.zeros(2, 3, 16, 16)).shape)
+        (2, 3, 64, 64)
     """
-    from lightning.pytorch.loggers import TensorBoardLogger
+    import math
 
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    import torch.nn.functional as F
 
-
-def batch_step(trainer: Any) -> int:
-    """The index of the current training batch, the axis ``self.log`` uses.
-
-    Analyses of the model's state after batch ``b`` are logged at ``batch_step + 1``, the number
-    of batches trained (so 0 is the untrained model). ``trainer.global_step`` is not used because
-    a GAN stepping two optimizers by hand advances it twice per batch.
-    """
-    return int(trainer.fit_loop.total_batch_idx)
-
-
-def analysis_dir(trainer: Any, name: str) -> Path:
-    """Where an analysis writes its files: ``{first logger's log_dir}/{name}``.
-
-    Like ``trainer.log_dir`` but without its broadcast, so rank 0 may call it alone under DDP.
-    Without a logger (or with ``fast_dev_run``'s dummy one) it is ``default_root_dir/{name}``.
-    """
-    base = None
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        base = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-    return Path(base or trainer.default_root_dir) / name
+    scale = max(1, math.ceil(min_side / min(images.shape[-2:])))
+    if scale == 1:
+        return images
+    return F.interpolate(images, scale_factor=float(scale), mode="nearest")

@@ -15,18 +15,15 @@ from torch import Tensor
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
+from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import to_unit_range
-from gan_dissect_callbacks.reporting.views import (
-    GalleryRow,
-    category_chart,
+from gan_dissect_callbacks.reporting.layouts import (
     custom_scalars_layout,
-    figure_to_image,
     label_stability,
     layer_scalar_tags,
-    unit_gallery,
-    unit_overlay,
-    units_markdown,
 )
+from gan_dissect_callbacks.reporting.tables import units_markdown
 
 YELLOW = torch.tensor([1.0, 1.0, 0.0])
 

@@ -1,0 +1,55 @@
+"""The few ``torch.distributed`` operations the engines need, all no-ops in a single process.
+
+Under DDP every rank calls an engine with the same arguments; each takes every
+``world_size``-th sample (see :func:`~gan_dissect_callbacks.engines.sampling.iterate_samples`),
+and the counts are summed here, so every rank ends with the single-process result.
+
+Example:
+    >>> import torch
+    >>> dist_info()
+    (0, 1)
+    >>> all_reduce_sum(torch.tensor([1, 2])).tolist()
+    [1, 2]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["all_gather_cat", "all_reduce_sum", "dist_info"]
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _collective_device(t: Tensor) -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """``t`` summed over processes, on ``t``'s device (``t`` itself in a single process)."""
+    if dist_info()[1] == 1:
+        return t
+    moved = t.to(_collective_device(t))
+    dist.all_reduce(moved)
+    return moved.to(t.device)
+
+
+def all_gather_cat(t: Tensor, dim: int = 0) -> Tensor:
+    """Every process's ``t`` (same shape on all), concatenated along ``dim`` in rank order."""
+    world = dist_info()[1]
+    if world == 1:
+        return t
+    moved = t.contiguous().to(_collective_device(t))
+    parts = [torch.empty_like(moved) for _ in range(world)]
+    dist.all_gather(parts, moved)
+    return torch.cat(parts, dim).to(t.device)

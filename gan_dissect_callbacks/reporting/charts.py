@@ -1,0 +1,157 @@
+"""Charts for TensorBoard: the paper's unit-class distribution, and figures as image tensors.
+
+Pure rendering: a :class:`~gan_dissect_callbacks.engines.dissection.LayerReport` in, a matplotlib
+figure out; :func:`figure_to_image` turns any figure into a ``[3, H, W]`` tensor in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from gan_dissect_callbacks.engines.dissection import LayerReport
+    from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+
+__all__ = ["category_chart", "figure_to_image"]
+
+# ------------------------------------------------------------------------------ figures
+
+
+def category_chart(layer: LayerReport, vocabulary: ConceptVocabulary) -> Figure:
+    """The paper's unit-class distribution chart of one layer.
+
+    One bar per concept that labels at least one interpretable unit, its height the number of
+    such units. Bars are grouped by category (the vocabulary's order, then categories that only
+    the report knows), sorted by count within a category (ties by name), and coloured by
+    category; the legend reads ``"object: 3 units"``; the title is the layer's summary line
+    (:meth:`~gan_dissect_callbacks.engines.dissection.LayerReport.summary`). A layer without
+    interpretable units gives a figure that says "no interpretable units".
+
+    The figure is drawn with matplotlib's Agg canvas and is not registered with ``pyplot``, so
+    no display is needed and nothing global is touched; :func:`figure_to_image` renders it.
+
+    Args:
+        layer: the layer's dissection.
+        vocabulary: the concept vocabulary of the dissection (for the category order).
+
+    Returns:
+        A matplotlib figure whose first axes hold the bars (``fig.axes[0].patches``).
+
+    Example:
+        >>> from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
+        >>> from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+        >>> vocab = ConceptVocabulary.from_pairs([("sky", "object"), ("window", "part")])
+        >>> units = [UnitReport(u, c, vocab.category_of(c), 0.2, 1.0, 0.1, True)
+        ...          for u, c in enumerate(["window", "sky", "window"])]
+        >>> fig = category_chart(LayerReport("layer3", 3, units, []), vocab)
+        >>> [(t.get_text(), int(p.get_height())) for t, p in
+        ...  zip(fig.axes[0].get_xticklabels(), fig.axes[0].patches)]
+        [('sky', 1), ('window', 2)]
+        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        ['object: 1 unit', 'part: 2 units']
+    """
+    counts = layer.counts_by_category(vocabulary.categories)
+    by_concept = layer.counts_by_concept()
+    category_of = {u.concept: u.category for u in layer.interpretable_units}
+    colours = {cat: _category_colour(i) for i, cat in enumerate(counts)}
+    bars = [
+        (concept, n, category)
+        for category in counts
+        for concept, n in sorted(
+            ((c, n) for c, n in by_concept.items() if category_of[c] == category),
+            key=lambda cn: (-cn[1], cn[0]),
+        )
+    ]
+
+    fig = Figure(figsize=(max(4.0, 1.5 + 0.3 * len(bars)), 3.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    fig.suptitle(layer.summary(vocabulary.categories), fontsize=9)
+    if not bars:
+        ax.text(
+            0.5, 0.5, "no interpretable units", ha="center", va="center", transform=ax.transAxes
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return fig
+    positions = list(range(len(bars)))
+    ax.bar(positions, [n for _, n, _ in bars], color=[colours[c] for _, _, c in bars], width=0.8)
+    ax.set_xticks(positions, [name for name, _, _ in bars], rotation=90, fontsize=8)
+    # Room for at least 6 bars, so one or two bars stay slim, centred.
+    spare = max(0, 6 - len(bars)) / 2
+    ax.set_xlim(-0.6 - spare, len(bars) - 0.4 + spare)
+    ax.set_ylabel("interpretable units", fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(axis="y", labelsize=8)
+    handles = [
+        Patch(color=colours[cat], label=f"{cat}: {n} unit{'' if n == 1 else 's'}")
+        for cat, n in counts.items()
+        if n > 0
+    ]
+    # Above the bars, never over them.
+    ax.legend(
+        handles=handles,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        ncols=min(len(handles), 4),
+        fontsize=8,
+        frameon=False,
+        borderaxespad=0.2,
+    )
+    return fig
+
+
+def _category_colour(i: int) -> tuple[float, float, float, float]:
+    """A fixed colour per category position: object, part, material always look the same."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["tab10"](i % 10)
+    return (float(rgba[0]), float(rgba[1]), float(rgba[2]), float(rgba[3]))
+
+
+def figure_to_image(fig: Figure) -> Tensor:
+    """Render a matplotlib figure to an image tensor and close it.
+
+    The figure is drawn on an Agg canvas (no display needed); transparent areas are composited
+    over white. A figure managed by ``pyplot`` is closed there, so figures logged at every
+    dissection do not pile up.
+
+    Args:
+        fig: the figure.
+
+    Returns:
+        ``[3, H, W]`` float image in ``[0, 1]`` (``H, W`` = the figure size in inches × dpi).
+
+    Raises:
+        ValueError: if ``fig`` is not a matplotlib figure.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(figsize=(2, 1), dpi=50)
+        >>> image = figure_to_image(fig)
+        >>> tuple(image.shape), image.unique().tolist()  # an empty figure is white
+        ((3, 50, 100), [1.0])
+    """
+    if not isinstance(fig, Figure):
+        raise ValueError(
+            f"Expected argument `fig` to be a matplotlib Figure, but got {type(fig).__name__}."
+        )
+    if "matplotlib.pyplot" in sys.modules:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = torch.from_numpy(np.array(canvas.buffer_rgba(), dtype=np.uint8))  # [H, W, 4], a copy
+    rgba = rgba.permute(2, 0, 1).float() / 255
+    rgb, alpha = rgba[:3], rgba[3:]
+    return rgb * alpha + (1 - alpha)

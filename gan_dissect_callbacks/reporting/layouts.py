@@ -1,0 +1,164 @@
+"""Scalar tags of a dissection, the custom-scalars layout that groups them, label stability.
+
+Example:
+    >>> label_stability(["sky", None, "tree"], ["sky", "tree", "grass"])
+    0.5
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["custom_scalars_layout", "label_stability", "layer_scalar_tags"]
+
+# ------------------------------------------------------------------------------ scalars
+
+
+def _check_names(argument: str, names: Sequence[str], *, allow_empty: bool) -> None:
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(
+            f"Expected argument `{argument}` to be a sequence of non-empty strings, but got "
+            f"{names!r}."
+        )
+    if not names and not allow_empty:
+        raise ValueError(f"Expected at least one name in `{argument}`, but got none.")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ValueError(f"Expected unique names in `{argument}`, but got repeated {repeated}.")
+
+
+def layer_scalar_tags(layer: str, categories: Sequence[str]) -> dict[str, str]:
+    """The scalar tags a dissection of ``layer`` is logged under, keyed by what they measure.
+
+    ``"interpretable_units/{category}"`` for every category, then
+    ``"interpretable_units/total"``, ``"distinct_concepts"``, ``"label_stability"`` and
+    ``"mean_best_iou"``; each tag is ``"dissection/{layer}/{key}"``.
+
+    Args:
+        layer: the layer name, e.g. ``"generator.layer3"``.
+        categories: the concept categories (``"total"`` is reserved).
+
+    Raises:
+        ValueError: if a name is empty or repeated, or a category is called ``"total"``.
+
+    Example:
+        >>> tags = layer_scalar_tags("layer3", ["object", "part"])
+        >>> tags["interpretable_units/part"], tags["label_stability"]
+        ('dissection/layer3/interpretable_units/part', 'dissection/layer3/label_stability')
+        >>> list(tags)
+        ['interpretable_units/object', 'interpretable_units/part', 'interpretable_units/total', 'distinct_concepts', 'label_stability', 'mean_best_iou']
+    """  # noqa: E501
+    _check_names("layers", [layer], allow_empty=False)
+    _check_names("categories", categories, allow_empty=True)
+    if "total" in categories:
+        raise ValueError(
+            "Expected no category called 'total' in `categories` (the tag of the total count), "
+            f"but got {list(categories)}."
+        )
+    keys = [f"interpretable_units/{c}" for c in categories]
+    keys += ["interpretable_units/total", "distinct_concepts", "label_stability", "mean_best_iou"]
+    return {key: f"dissection/{layer}/{key}" for key in keys}
+
+
+def _exactly(tag: str) -> str:
+    # Custom-scalars charts match tags by regular expression; anchor and escape so that
+    # "layer1" does not also pick "layer10" and a "." in a layer name is literal.
+    return f"^{re.escape(tag)}$"
+
+
+def custom_scalars_layout(
+    layers: Sequence[str], categories: Sequence[str]
+) -> dict[str, dict[str, list[Any]]]:
+    """A TensorBoard custom-scalars layout grouping the curves of a dissection.
+
+    The format is the one ``SummaryWriter.add_custom_scalars`` expects:
+    ``{section: {chart: ["Multiline", [tag regexes]]}}``. Section ``"dissection (all layers)"``
+    holds the charts ``"distinct concepts (all layers)"``, ``"label stability (all layers)"`` and
+    ``"mean best IoU (all layers)"`` (one curve per layer); then a section
+    ``"dissection: {layer}"`` per layer holds ``"interpretable units by category"`` (one curve per
+    category and the total). Tags are those of :func:`layer_scalar_tags`, as anchored, escaped
+    regular expressions (the custom-scalars plugin matches tags by regex).
+
+    Args:
+        layers: the dissected layer names.
+        categories: the concept categories.
+
+    Raises:
+        ValueError: if a name is empty or repeated, ``layers`` is empty, or a category is called
+            ``"total"``.
+
+    Example:
+        >>> layout = custom_scalars_layout(["layer3"], ["object"])
+        >>> list(layout)
+        ['dissection (all layers)', 'dissection: layer3']
+        >>> layout["dissection: layer3"]["interpretable units by category"]
+        ['Multiline', ['^dissection/layer3/interpretable_units/object$', '^dissection/layer3/interpretable_units/total$']]
+    """  # noqa: E501
+    _check_names("layers", layers, allow_empty=False)
+    tags = {layer: layer_scalar_tags(layer, categories) for layer in layers}
+    across = {
+        "distinct concepts (all layers)": "distinct_concepts",
+        "label stability (all layers)": "label_stability",
+        "mean best IoU (all layers)": "mean_best_iou",
+    }
+    layout: dict[str, dict[str, list[Any]]] = {
+        "dissection (all layers)": {
+            chart: ["Multiline", [_exactly(tags[layer][key]) for layer in layers]]
+            for chart, key in across.items()
+        }
+    }
+    for layer in layers:
+        counts = [f"interpretable_units/{c}" for c in categories] + ["interpretable_units/total"]
+        layout[f"dissection: {layer}"] = {
+            "interpretable units by category": [
+                "Multiline",
+                [_exactly(tags[layer][key]) for key in counts],
+            ]
+        }
+    return layout
+
+
+# ------------------------------------------------------------------------------ stability
+
+
+def label_stability(previous: Sequence[str | None], current: Sequence[str | None]) -> float | None:
+    """Share of the previously interpretable units that keep their concept.
+
+    With ``L`` the units labelled (interpretable, label not ``None``) in the previous dissection,
+    the stability is ``|{u ∈ L : current[u] == previous[u]}| / |L|``: a unit that changes its
+    concept or stops being interpretable counts against it; a unit that only becomes
+    interpretable now does not count (it had no concept to keep). It is ``None`` when the
+    previous dissection labelled no unit (nothing to keep), so curves show a gap, not a fake 0
+    or 1. Inputs are per-unit labels as given by
+    :meth:`~gan_dissect_callbacks.engines.dissection.DissectionReport.labels`.
+
+    Args:
+        previous: per unit, its concept in the earlier dissection, or ``None``.
+        current: per unit, its concept now, or ``None``.
+
+    Returns:
+        A float in ``[0, 1]``, or ``None``.
+
+    Raises:
+        ValueError: if the two lists have different lengths (not the same layer).
+
+    Example:
+        >>> label_stability(["sky", "tree", None, "door"], ["sky", "house", "sun", None])
+        0.3333333333333333
+        >>> label_stability([None, None], ["sky", None]) is None
+        True
+    """
+    if len(previous) != len(current):
+        raise ValueError(
+            "Expected `previous` and `current` to label the same units, but got "
+            f"{len(previous)} and {len(current)} labels."
+        )
+    labelled = [(p, c) for p, c in zip(previous, current, strict=True) if p is not None]
+    if not labelled:
+        return None
+    return sum(p == c for p, c in labelled) / len(labelled)

@@ -1,0 +1,94 @@
+"""Writing an analysis's output: JSON reports on disk, scalars to every logger, TensorBoard writers.
+
+The one home of "where results go", shared by the callbacks (during training) and the
+``gan-dissect`` command (post hoc):
+
+- :func:`write_atomically`: readers never see a half-written file;
+- :class:`ReportOutput`: one analysis's destinations — its report folder, the TensorBoard
+  ``SummaryWriter``\\ s, and any other loggers (which get the scalars through ``log_metrics``).
+  :meth:`ReportOutput.write_json` writes ``step_XXXXXXX.json`` and ``latest.json`` beside it;
+  :meth:`ReportOutput.log_scalars` sends scalars to every writer and logger.
+
+Example:
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp()) / "dissection"
+    >>> out = ReportOutput(folder=folder)
+    >>> [p.name for p in out.write_json(12, {"step": 12})]
+    ['step_0000012.json', 'latest.json']
+    >>> json.loads((folder / "latest.json").read_text())
+    {'step': 12}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ReportOutput", "step_report_name", "write_atomically"]
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers never see a half-written file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a report is for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def step_report_name(step: int) -> str:
+    """The file name of the report of ``step``: ``step_0000012.json``."""
+    return f"step_{int(step):07d}.json"
+
+
+@dataclass
+class ReportOutput:
+    """Where one analysis writes.
+
+    Attributes:
+        folder: the folder of its JSON reports (``None``: no files).
+        writers: TensorBoard ``SummaryWriter``\\ s (anything with ``add_scalar`` & co.).
+        loggers: other loggers; they get the scalars through ``log_metrics(metrics, step)``.
+    """
+
+    folder: Path | None = None
+    writers: Sequence[Any] = field(default_factory=list)
+    loggers: Sequence[Any] = field(default_factory=list)
+
+    def write_json(self, step: int, payload: Mapping[str, Any]) -> list[Path]:
+        """Write ``payload`` as ``step_XXXXXXX.json`` and ``latest.json``; the paths written."""
+        if self.folder is None:
+            return []
+        text = json.dumps(payload, indent=1)
+        paths = [self.folder / step_report_name(step), self.folder / "latest.json"]
+        for path in paths:
+            write_atomically(path, text)
+        return paths
+
+    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        """Every scalar to every TensorBoard writer and every other logger, at ``step``."""
+        if not scalars:
+            return
+        for logger in self.loggers:
+            logger.log_metrics(dict(scalars), step=step)
+        for writer in self.writers:
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step=step)
+
+    def tensorboard(self) -> Iterator[Any]:
+        """Each TensorBoard writer in turn, flushed after the caller has written to it."""
+        for writer in self.writers:
+            yield writer
+            writer.flush()
