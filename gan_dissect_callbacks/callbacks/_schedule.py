@@ -43,6 +43,9 @@ class ScheduledAnalysis(pl.Callback, ABC):
         on_train_start: also run before the first batch.
         on_train_end: also run when training ends (skipped if the last batch was analysed).
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
+        name: the analysis's name: the prefix of its TensorBoard tags and the folder of its
+            reports (default: the analysis's own, e.g. ``"dissection"``). Give each of several
+            callbacks of one kind its own; it then also makes their ``state_key`` distinct.
 
     Example:
         >>> class StepRecorder(ScheduledAnalysis):
@@ -60,9 +63,10 @@ class ScheduledAnalysis(pl.Callback, ABC):
 
     #: What a failure's warning calls the analysis: "the {_what} at step n failed ...".
     _what: ClassVar[str] = "analysis"
-    #: Folder (under the first logger's ``log_dir``) of the JSON reports; set, ``setup`` warns
-    #: when the trainer has no logger.
-    _report_name: ClassVar[str | None] = None
+    #: The analysis's default name: its TensorBoard tag prefix and report folder.
+    _default_name: ClassVar[str] = "analysis"
+    #: Whether it writes JSON reports (then ``setup`` says where when the trainer has no logger).
+    _writes_reports: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -72,8 +76,14 @@ class ScheduledAnalysis(pl.Callback, ABC):
         on_train_start: bool = False,
         on_train_end: bool = False,
         raise_on_error: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__()
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(
+                f"Expected argument `name` to be None or a non-empty string without '/', such as "
+                f"'dissection_ema', but got {name!r}."
+            )
         _check_interval(every_n_train_steps, "every_n_train_steps")
         _check_interval(every_n_epochs, "every_n_epochs")
         self.every_n_train_steps = every_n_train_steps
@@ -81,8 +91,20 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self.run_on_train_start = on_train_start
         self.run_on_train_end = on_train_end
         self.raise_on_error = raise_on_error
+        self.name = name
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
+
+    @property
+    def analysis_name(self) -> str:
+        """The tag prefix and report folder: ``name``, or the analysis's default."""
+        return self.name if self.name is not None else self._default_name
+
+    def _state_key_of(self, **identity: Any) -> str:
+        """A ``state_key`` from the identifying arguments, plus ``name`` when one was given."""
+        if self.name is not None:
+            identity["name"] = self.name
+        return self._generate_state_key(**identity)
 
     @abstractmethod
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
@@ -91,12 +113,13 @@ class ScheduledAnalysis(pl.Callback, ABC):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._report_name is not None and not trainer.loggers:
+        if not trainer.loggers:
+            folder = analysis_dir(trainer, self.analysis_name)
+            where = f"; JSON reports are still written under {folder}" * self._writes_reports
             rank_zero_warn(
                 f"{type(self).__name__}: the trainer has no logger, so nothing goes to "
-                "TensorBoard; JSON reports are still written under "
-                f"{analysis_dir(trainer, self._report_name)}. Pass "
-                "`logger=TensorBoardLogger(...)` to the Trainer to see the curves."
+                f"TensorBoard{where}. Pass `logger=TensorBoardLogger(...)` to the Trainer to see "
+                "the curves."
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

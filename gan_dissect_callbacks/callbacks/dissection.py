@@ -89,7 +89,7 @@ class DissectionCallback(ScheduledAnalysis):
     """
 
     _what = "dissection"
-    _report_name = "dissection"
+    _default_name = "dissection"
     #: One entry per dissection: step, and per layer the logged numbers and unit labels.
     history: list[dict[str, Any]]
 

@@ -127,7 +127,7 @@ class InterventionCallback(ScheduledAnalysis):
     """
 
     _what = "intervention analysis"
-    _report_name = "intervention"
+    _default_name = "intervention"
     #: One entry per run: step, ranking source and, per concept, the measured numbers.
     history: list[dict[str, Any]]
 
