@@ -14,13 +14,14 @@ from gan_dissect_callbacks.callbacks import (
     InterventionCallback,
     QualityMonitor,
 )
-from gan_dissect_callbacks.engines import DissectionReport, dissect
+from gan_dissect_callbacks.engines import AnalysedGenerator, DissectionReport, dissect
 from gan_dissect_callbacks.metrics import UnitConceptIoU
 from gan_dissect_callbacks.segmenters import ConceptVocabulary, ModuleSegmenter, Segmenter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnalysedGenerator",
     "ArtifactPruningCallback",
     "ConceptVocabulary",
     "DissectionCallback",

@@ -127,9 +127,10 @@ def _unknown_layer_message(module: nn.Module, name: str) -> str:
             f"Unknown layer {name!r}: {type(module).__name__} has no submodules, so there is no "
             "layer to hook."
         )
-    # A name given relative to a wrapped model ("layer4" for "generator.layer4") is the common
+    # A name given relative to a wrapped model ("layer4" for "generator.layer4"), or with the
+    # wrapper's prefix on the generator itself ("generator.layer4" on an EMA copy), is the common
     # slip; difflib's ratio alone scores those too low to suggest.
-    suffix_matches = [n for n in names if n.endswith("." + name)]
+    suffix_matches = [n for n in names if n.endswith("." + name) or name.endswith("." + n)]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     suggestions = list(dict.fromkeys(suffix_matches + close))[:5]
     hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""

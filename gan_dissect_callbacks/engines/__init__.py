@@ -13,6 +13,7 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitReport,
     dissect,
 )
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.intervention import (
     average_causal_effect,
     insertion_effect,
@@ -21,6 +22,7 @@ from gan_dissect_callbacks.engines.intervention import (
 )
 
 __all__ = [
+    "AnalysedGenerator",
     "DissectionReport",
     "LayerReport",
     "PruningMask",
