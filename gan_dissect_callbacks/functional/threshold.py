@@ -34,6 +34,7 @@ import math
 import torch
 from torch import Tensor
 
+from gan_dissect_callbacks.arguments import check_fraction, check_int
 from gan_dissect_callbacks.functional.iqr import information_quality_ratio_from_counts
 
 __all__ = [
@@ -60,18 +61,6 @@ DENSE_SPAN = 3.0
 _MAX_GRID_INDEX_BITS = 22
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"Expected argument `{name}` to be an int >= {low}, but got {value!r}.")
-    return value
-
-
-def _check_open_unit(name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-        raise ValueError(f"Expected argument `{name}` to be a float in (0, 1), but got {value!r}.")
-    return float(value)
-
-
 def candidate_fractions(num_levels: int = 100, min_fraction: float = 1e-3) -> Tensor:
     """Fractions of pixels above the log-spaced candidates: log-spaced in ``[min_fraction, 1]``.
 
@@ -81,8 +70,8 @@ def candidate_fractions(num_levels: int = 100, min_fraction: float = 1e-3) -> Te
         >>> candidate_fractions(4, 1e-3)
         tensor([1.0000, 0.1000, 0.0100, 0.0010], dtype=torch.float64)
     """
-    _check_int("num_levels", num_levels, 1)
-    _check_open_unit("min_fraction", min_fraction)
+    check_int(num_levels, "num_levels")
+    check_fraction(min_fraction, "min_fraction")
     if num_levels == 1:
         return torch.tensor([min_fraction], dtype=torch.float64)
     return torch.logspace(0.0, math.log10(min_fraction), num_levels, dtype=torch.float64)
@@ -99,8 +88,8 @@ def dense_fractions(
         >>> dense_fractions(0.9, 3, span=2.0)
         tensor([0.2000, 0.1000, 0.0500], dtype=torch.float64)
     """
-    quantile = _check_open_unit("quantile", quantile)
-    _check_int("num_dense_levels", num_dense_levels, 0)
+    quantile = check_fraction(quantile, "quantile")
+    check_int(num_dense_levels, "num_dense_levels", minimum=0)
     if not isinstance(span, (int, float)) or isinstance(span, bool) or span < 1:
         raise ValueError(f"Expected argument `span` to be a float >= 1, but got {span!r}.")
     target = 1.0 - quantile
@@ -289,7 +278,7 @@ def quantile_rule(unit_above: Tensor, num_pixels: int | Tensor, quantile: float)
         >>> quantile_rule(torch.tensor([[100, 30, 12, 8, 0]]), 1000, 0.99)
         tensor([2])
     """
-    quantile = _check_open_unit("quantile", quantile)
+    quantile = check_fraction(quantile, "quantile")
     total = float(num_pixels)
     if total <= 0:
         raise ValueError(f"Expected argument `num_pixels` to be positive, but got {num_pixels}.")

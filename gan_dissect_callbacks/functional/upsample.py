@@ -40,22 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gan_dissect_callbacks.arguments import check_size
+
 __all__ = ["UNIT_BLOCK", "upsample_activations", "upsample_unit_block"]
 
 #: Units are upsampled in aligned blocks of this many channels (see the module docstring).
 UNIT_BLOCK = 32
-
-
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(
-            f"Expected argument `size` to be a pair of positive ints (H, W), but got {size!r}."
-        )
-    return int(size[0]), int(size[1])
 
 
 def _check_activations(activations: Tensor) -> None:
@@ -89,7 +79,7 @@ def upsample_unit_block(activations: Tensor, size: Sequence[int], block: int) ->
         ``[B, min(UNIT_BLOCK, U - block·UNIT_BLOCK), H, W]`` in ``channels_last`` format.
     """
     _check_activations(activations)
-    height, width = _check_size(size)
+    height, width = check_size(size, "size")
     num_blocks = -(-activations.shape[1] // UNIT_BLOCK)
     if not (isinstance(block, int) and 0 <= block < num_blocks):
         raise ValueError(
@@ -125,7 +115,7 @@ def upsample_activations(activations: Tensor, size: Sequence[int]) -> Tensor:
                 [3.0000, 3.2500, 3.7500, 4.0000]])
     """
     _check_activations(activations)
-    height, width = _check_size(size)
+    height, width = check_size(size, "size")
     batch, units = activations.shape[:2]
     out = torch.empty(
         (batch, units, height, width),

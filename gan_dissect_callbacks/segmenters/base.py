@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from gan_dissect_callbacks.arguments import check_segmenter, check_size
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
 __all__ = [
@@ -237,14 +238,12 @@ def checked_segment(segmenter: Segmenter, images: Tensor, *, soft: bool = False)
         >>> checked_segment(everywhere, torch.zeros(2, 3, 4, 4), soft=True).mean().item()
         1.0
     """
-    if not isinstance(segmenter, Segmenter):
-        members = ("vocabulary", "segment", "soft_segment", "segmentation_size")
-        missing = [m for m in members if not hasattr(segmenter, m)]
-        raise TypeError(
-            f"Expected `segmenter` to implement the Segmenter protocol ({', '.join(members)}), "
-            f"but {type(segmenter).__name__} lacks {', '.join(missing)}."
-        )
+    check_segmenter(segmenter)
     check_images(images)
+    if images.dtype in (torch.float16, torch.bfloat16):
+        # A half-precision generator's images: segmenters get float32 (a module segmenter then
+        # casts to its own dtype), so masks do not depend on the generator's precision.
+        images = images.float()
     output = segmenter.soft_segment(images) if soft else segmenter.segment(images)
     check_segmentation(
         output,
@@ -308,7 +307,7 @@ class GroundTruthSegmenter:
         self._vocabulary = vocabulary
         self.fn = fn
         self.soft_fn = soft_fn
-        self.output_size = None if output_size is None else _check_size(output_size)
+        self.output_size = None if output_size is None else check_size(output_size)
 
     @property
     def vocabulary(self) -> ConceptVocabulary:
@@ -327,18 +326,4 @@ class GroundTruthSegmenter:
 
     def segmentation_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """``output_size``, or ``image_size`` when masks have the images' resolution."""
-        return self.output_size or _check_size(image_size, "image_size")
-
-
-def _check_size(size: tuple[int, int], argument: str = "output_size") -> tuple[int, int]:
-    """``size`` as a pair of positive ints, or a clear error."""
-    if (
-        not isinstance(size, tuple | list)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(
-            f"Expected argument `{argument}` to be a pair of positive ints (height, width), but "
-            f"got {size!r}."
-        )
-    return int(size[0]), int(size[1])
+        return self.output_size or check_size(image_size, "image_size")

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_dissect_callbacks.arguments import check_size
 from gan_dissect_callbacks.instrumentation import eval_mode
-from gan_dissect_callbacks.segmenters.base import _check_size
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
 __all__ = ["ModuleSegmenter"]
@@ -105,7 +105,7 @@ class ModuleSegmenter:
             )
         if isinstance(output_size, int) and not isinstance(output_size, bool):
             output_size = (output_size, output_size)
-        size = None if output_size is None else _check_size(output_size)  # type: ignore[arg-type]
+        size = None if output_size is None else check_size(output_size)  # type: ignore[arg-type]
         self.module = module
         self._vocabulary = vocabulary
         self.multilabel = multilabel
@@ -127,9 +127,16 @@ class ModuleSegmenter:
                 ``[B, len(vocabulary), h, w]``.
         """
         x = images if self.input_transform is None else self.input_transform(images)
-        with eval_mode(self.module):
+        reference = self._reference_tensor()
+        if reference is not None and x.is_floating_point() and x.dtype != reference.dtype:
+            x = x.to(reference.dtype)  # images reach the module in its own precision
+        # An analysis triggered inside a mixed-precision region would otherwise segment in
+        # half precision; the masks should not depend on the training run's precision.
+        with eval_mode(self.module), torch.autocast(x.device.type, enabled=False):
             out = self.module(x)
         self._check_logits(out, images.shape[0])
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()  # probabilities and thresholds in float32, as for any segmenter
         if self.output_size is not None and tuple(out.shape[2:]) != self.output_size:
             out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=False)
         return out
@@ -157,10 +164,9 @@ class ModuleSegmenter:
         """
         if self.output_size is not None:
             return self.output_size
-        size = _check_size(image_size, "image_size")
+        size = check_size(image_size, "image_size")
         if size not in self._probed_sizes:
-            tensors = itertools.chain(self.module.parameters(), self.module.buffers())
-            reference = next((t for t in tensors if t.is_floating_point()), None)
+            reference = self._reference_tensor()
             blank = torch.zeros(
                 1,
                 3,
@@ -172,6 +178,11 @@ class ModuleSegmenter:
                 h, w = self.logits(blank).shape[2:]
             self._probed_sizes[size] = (int(h), int(w))
         return self._probed_sizes[size]
+
+    def _reference_tensor(self) -> Tensor | None:
+        """The module's first floating parameter or buffer: its device and precision."""
+        tensors = itertools.chain(self.module.parameters(), self.module.buffers())
+        return next((t for t in tensors if t.is_floating_point()), None)
 
     def _check_logits(self, out: object, batch_size: int) -> None:
         expected = f"[B={batch_size}, C={len(self._vocabulary)}, h, w]"

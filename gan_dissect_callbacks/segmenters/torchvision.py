@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dissect_callbacks.segmenters.base import _check_size
+from gan_dissect_callbacks.arguments import check_size
 from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 from gan_dissect_callbacks.segmenters.vocabulary import Concept, ConceptVocabulary
 
@@ -341,7 +341,7 @@ class TorchvisionSegmenter:
 
     def segmentation_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """``output_size``, or else ``image_size``."""
-        return self._inner.output_size or _check_size(image_size, "image_size")
+        return self._inner.output_size or check_size(image_size, "image_size")
 
 
 def torch_hub_checkpoint_path(url: str) -> Path:
@@ -403,8 +403,8 @@ def _check_output_size(size: int | tuple[int, int] | None) -> tuple[int, int] | 
     if size is None:
         return None
     if isinstance(size, int) and not isinstance(size, bool):
-        return _check_size((size, size))
-    return _check_size(size)  # type: ignore[arg-type]  # a bool reaches _check_size's error
+        return check_size((size, size))
+    return check_size(size)  # type: ignore[arg-type]  # a bool reaches _check_size's error
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:

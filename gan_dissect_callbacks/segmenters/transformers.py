@@ -49,8 +49,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from gan_dissect_callbacks.arguments import check_size
 from gan_dissect_callbacks.segmenters.ade20k import lookup_ade20k
-from gan_dissect_callbacks.segmenters.base import _check_size
 from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 from gan_dissect_callbacks.segmenters.torchvision import (
     IMAGENET_MEAN,
@@ -221,7 +221,7 @@ class TransformersSegmenter(ModuleSegmenter):
 
     def segmentation_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """``output_size``, or else ``image_size`` (logits are resized to the images' size)."""
-        return self.output_size or _check_size(image_size, "image_size")
+        return self.output_size or check_size(image_size, "image_size")
 
 
 def vocabulary_from_id2label(id2label: Mapping[int, str] | Mapping[str, str]) -> ConceptVocabulary:

@@ -92,11 +92,11 @@ BAD = [
         TypeError,
         "Expected argument `activations` to be a float tensor, but got torch.int64.",
     ),
-    (lambda: upsample_activations(ONE, (4, 0)), ValueError, "a pair of positive ints (H, W)"),
+    (lambda: upsample_activations(ONE, (4, 0)), ValueError, "a pair of positive ints (height, width)"),
     (
         lambda: upsample_activations(ONE, 4),
         ValueError,
-        "a pair of positive ints (H, W), but got 4.",
+        "a pair of positive ints (height, width), but got 4.",
     ),
     (
         lambda: upsample_unit_block(torch.zeros(1, 3, 2, 2), (4, 4), 1),

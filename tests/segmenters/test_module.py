@@ -234,3 +234,36 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, error: type, match: str
     vocabulary = arguments.pop("vocabulary")
     with pytest.raises(error, match=match):
         ModuleSegmenter(module, vocabulary, **arguments)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_module_gets_images_in_its_dtype(dtype) -> None:
+    net = random_net().eval()
+    images = random_images(size=16)
+    reference = ModuleSegmenter(net, VOCAB).soft_segment(images)
+    half = ModuleSegmenter(copy.deepcopy(net).to(dtype), VOCAB)
+    scores = half.soft_segment(images)  # float32 images, a half module: cast, not an error
+    assert scores.dtype == torch.float32
+    assert torch.allclose(scores, reference, atol=0.05)
+    assert checked_segment(half, images.to(dtype)).shape == (2, 3, 8, 8)
+
+
+def test_masks_do_not_depend_on_an_autocast_region_around_the_analysis() -> None:
+    segmenter = ModuleSegmenter(random_net().eval(), VOCAB)
+    images = random_images(size=16)
+    plain = segmenter.logits(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = segmenter.logits(images)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+
+
+def test_checked_segment_hands_float32_images_to_any_segmenter() -> None:
+    seen: list[torch.dtype] = []
+
+    class Recording(ModuleSegmenter):
+        def segment(self, images: Tensor) -> Tensor:
+            seen.append(images.dtype)
+            return super().segment(images)
+
+    checked_segment(Recording(identity_net(), VOCAB), random_images().bfloat16())
+    assert seen == [torch.float32]
