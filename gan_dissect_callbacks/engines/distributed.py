@@ -14,11 +14,24 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_gather_cat", "all_reduce_sum", "dist_info"]
+__all__ = [
+    "AnalysisFailedElsewhere",
+    "agree_on_failure",
+    "all_gather_cat",
+    "all_reduce_sum",
+    "dist_info",
+]
+
+
+class AnalysisFailedElsewhere(RuntimeError):
+    """The analysis failed on another process; this one stops it too, so no collective hangs."""
 
 
 def dist_info() -> tuple[int, int]:
@@ -53,3 +66,40 @@ def all_gather_cat(t: Tensor, dim: int = 0) -> Tensor:
     parts = [torch.empty_like(moved) for _ in range(world)]
     dist.all_gather(parts, moved)
     return torch.cat(parts, dim).to(t.device)
+
+
+@contextmanager
+def agree_on_failure(what: str = "the analysis") -> Iterator[None]:
+    """Run the collective-free part of an analysis; then every process learns if any one failed.
+
+    Put the local part of an engine (drawing, generating, segmenting, counting) inside, and its
+    collectives after. A process whose block raises votes "failed" and re-raises; the others
+    finish their block, see the vote and raise :class:`AnalysisFailedElsewhere`. So every
+    process leaves the analysis at the same point and no process waits in a collective that
+    another one will never enter (gloo aborts the run there; NCCL hangs). In a single process
+    this is a no-op.
+
+    Example:
+        >>> with agree_on_failure():
+        ...     total = 1 + 1
+        >>> total
+        2
+    """
+    if dist_info()[1] == 1:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        _vote(failed=True)
+        raise
+    if _vote(failed=False):
+        raise AnalysisFailedElsewhere(
+            f"{what} failed on another process (its warning says why); this process stopped it "
+            "too so that every process goes on training together."
+        )
+
+
+def _vote(failed: bool) -> bool:
+    flag = torch.tensor([1.0 if failed else 0.0])
+    return bool(all_reduce_sum(flag).item() > 0)

@@ -217,10 +217,18 @@ class AnalysedGenerator:
 
     def images(self, latents: Tensor, edits: Mapping[str, UnitEdit] | None = None) -> Tensor:
         """Images of ``latents``, with ``edits`` (``{layer: UnitEdit}``) applied if given."""
+        latents = self._in_module_precision(latents)
         if not edits:
             return self.generate(latents)
         with edit_activations(self.module, edits):
             return self.generate(latents)
+
+    def _in_module_precision(self, latents: Tensor) -> Tensor:
+        # A bf16/fp16 generator gets its latents in its own precision: samplers draw float32.
+        reference = next((p for p in self.module.parameters() if p.is_floating_point()), None)
+        if reference is None or not latents.is_floating_point() or latents.dtype == reference.dtype:
+            return latents
+        return latents.to(reference.dtype)
 
     def run(
         self,
@@ -247,7 +255,7 @@ class AnalysedGenerator:
                 acts = stack.enter_context(
                     capture_activations(self.module, list(capture), detach=detach)
                 )
-            images = self.generate(latents)
+            images = self.generate(self._in_module_precision(latents))
         missing = [name for name in capture if name not in acts]
         if missing:
             raise ValueError(

@@ -125,3 +125,15 @@ def test_bad_arguments_are_refused():
         AnalysedGenerator(nn.Linear(2, 2), generate=3, latent_dim=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Cannot tell how to sample latents"):
         AnalysedGenerator(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_generator_gets_latents_in_its_precision(gan, dtype):
+    half = AnalysedGenerator.of(gan, copy.deepcopy(gan.generator).to(dtype))
+    z = half.latents(2, seed=0)
+    assert z.dtype == torch.float32  # samplers draw float32
+    images, acts = half.run(z, capture=["layer2"])
+    assert images.dtype == dtype and acts["layer2"].dtype == dtype
+    with torch.no_grad():
+        reference = gan.generator(z)
+    assert torch.allclose(images.float(), reference, atol=0.1)
