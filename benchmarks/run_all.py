@@ -69,9 +69,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import SimpleProfiler
 from torch import Tensor, nn
 
-from gan_dissect_callbacks.callbacks.artifacts import ArtifactPruningCallback, QualityMonitor
-from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
-from gan_dissect_callbacks.callbacks.intervention import InterventionCallback
+from gan_dissect_callbacks.callbacks import (
+    ArtifactPruningCallback,
+    DissectionCallback,
+    InterventionCallback,
+    QualityMonitor,
+)
 from gan_dissect_callbacks.demos.pretrained import load_pretrained_scene_gan
 from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 from gan_dissect_callbacks.demos.train import DEMO_LAYERS, SceneDataModule
@@ -662,16 +665,21 @@ ANALYSIS_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "defaults": {"dissection": {}, "intervention": {}, "artifacts": {}, "quality": {}},
     "reduced": {
         "dissection": {"num_samples": 64},
-        "intervention": {"num_samples": 8, "dissect_samples": 32, "max_units": 3, "num_random": 1},
+        "intervention": {
+            "num_samples": 8,
+            "dissect_samples": 32,
+            "max_ablated_units": 3,
+            "num_random": 1,
+        },
         "artifacts": {"num_samples": 32, "top_k": 4, "num_seeds": 2, "num_projections": 64},
         "quality": {"num_samples": 32, "num_projections": 64},
     },
     "tiny": {
-        "dissection": {"num_samples": 32, "gallery_units": 2, "top_k": 2},
+        "dissection": {"num_samples": 32, "top_n": 2, "top_k": 2},
         "intervention": {
             "num_samples": 4,
             "dissect_samples": 16,
-            "max_units": 2,
+            "max_ablated_units": 2,
             "num_random": 1,
             "num_images": 2,
         },
@@ -680,7 +688,7 @@ ANALYSIS_SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "top_k": 2,
             "num_seeds": 2,
             "num_projections": 16,
-            "num_examples": 2,
+            "num_images": 2,
         },
         "quality": {"num_samples": 16, "num_projections": 16},
     },
@@ -694,17 +702,23 @@ def _callback_factories(
     extra = ANALYSIS_SIZES[sizes]
     common: dict[str, Any] = {"every_n_train_steps": every, "raise_on_error": True}
 
-    def dissection() -> pl.Callback:
+    def dissection() -> DissectionCallback:
         return DissectionCallback(list(DEMO_LAYERS), segmenter, **common, **extra["dissection"])
 
-    def intervention() -> pl.Callback:
+    def intervention(dissection: DissectionCallback | None = None) -> pl.Callback:
         return InterventionCallback(
             "generator.layer3",
             list(DEMO_CONCEPTS),
             segmenter,
+            dissection=dissection,
             **common,
             **extra["intervention"],
         )
+
+    def demo() -> list[pl.Callback]:
+        # As the demo attaches them: the intervention ranks by the dissection's report.
+        ranked_by = dissection()
+        return [ranked_by, intervention(ranked_by), quality()]
 
     def artifacts() -> pl.Callback:
         return ArtifactPruningCallback("generator.layer3", **common, **extra["artifacts"])
@@ -718,7 +732,7 @@ def _callback_factories(
         "InterventionCallback": lambda: [intervention()],
         "ArtifactPruningCallback": lambda: [artifacts()],
         "QualityMonitor": lambda: [quality()],
-        "demo default_callbacks (all three)": lambda: [dissection(), intervention(), quality()],
+        "demo default_callbacks (all three)": demo,
     }
 
 

@@ -156,7 +156,7 @@ class ProGANLikeGenerator(nn.Module):
     Example:
         >>> g = ProGANLikeGenerator(latent_dim=16, resolution=16, max_channels=8)
         >>> [name for name, _ in g.named_children()]
-        ['layer1', 'layer2', 'layer3', 'layer4', 'layer5', 'layer6', 'output']
+        ['normalize_latent', 'layer1', 'layer2', 'layer3', 'layer4', 'layer5', 'layer6', 'output']
         >>> tuple(g(torch.zeros(2, 16)).shape)
         (2, 3, 16, 16)
     """
@@ -434,6 +434,7 @@ def _train(args: argparse.Namespace, model: ProGANLike, segmenter: Any) -> None:
         [f"generator.{name}" for name in args.layers],
         segmenter,
         every_n_train_steps=args.dissect_every,
+        on_train_start=True,  # the untrained baseline, step 0
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,

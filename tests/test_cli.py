@@ -19,7 +19,7 @@ from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 from gan_dissect_callbacks.demos.train import SceneDataModule
 from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
 from gan_dissect_callbacks.instrumentation import capture_activations
-from gan_dissect_callbacks.reporting.dissection_logging import scalar_values, summarise
+from gan_dissect_callbacks.reporting.dissection import scalar_values, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["generator.layer2", "generator.layer3"]
@@ -188,6 +188,21 @@ def test_unknown_layer_lists_the_valid_ones(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Unknown layer 'generator.layer9'. Did you mean" in err
     assert "Valid layers: generator, generator.layer1," in err
+
+
+def test_the_module_runs_as_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gan_dissect_callbacks.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert done.stdout.startswith("usage: gan-dissect")
+    assert "--gallery-units" in done.stdout
 
 
 def test_checkpoint_step_reads_batches_not_optimizer_steps(checkpoint):

@@ -1,22 +1,25 @@
 """``DissectionCallback``: watch interpretability evolve in TensorBoard while a GAN trains.
 
 At its cadence the callback runs :func:`~gan_dissect_callbacks.engines.dissection.dissect` on the
-module being trained and logs, per dissected layer:
+generator being trained (the LightningModule itself, a submodule such as an EMA copy, or a module
+kept outside it: ``generator=``) and logs, per dissected layer, under the analysis's ``name``
+(``"dissection"`` unless given):
 
-* scalars ``dissection/{layer}/interpretable_units/{category}`` (and ``/total``),
-  ``dissection/{layer}/distinct_concepts``, ``dissection/{layer}/label_stability`` (share of the
+* scalars ``{name}/{layer}/interpretable_units/{category}`` (and ``/total``),
+  ``{name}/{layer}/distinct_concepts``, ``{name}/{layer}/label_stability`` (share of the
   previous dissection's interpretable units that kept their concept) and
-  ``dissection/{layer}/mean_best_iou``, grouped by a custom-scalars layout;
-* a histogram of every unit's best IoU, ``dissection/{layer}/best_iou``;
+  ``{name}/{layer}/mean_best_iou``, grouped by a custom-scalars layout;
+* a histogram of every unit's best IoU, ``{name}/{layer}/best_iou``;
 * images: a unit gallery (top units, their top-activating samples with the unit's region
   highlighted, label and IoU written on it) and the paper's unit-class distribution chart;
 * a markdown table of the interpretable units;
-* a JSON report ``{log_dir}/dissection/step_XXXXXXX.json`` (and ``latest.json``), written
+* a JSON report ``{log_dir}/{name}/step_XXXXXXX.json`` (and ``latest.json``), written
   atomically, also when there is no logger.
 
 **Step axis**: a *step* here is a training batch (``trainer.fit_loop.total_batch_idx``), the axis
 ``self.log`` uses; ``trainer.global_step`` advances twice per batch in a GAN with two optimizers.
-A dissection run after ``n`` batches is logged at step ``n``; the one before training at 0.
+A dissection run after ``n`` batches is logged at step ``n``; the one before training
+(``on_train_start=True``) at 0.
 
 **Harmless**: the analysis draws latents from its own seeded generator, runs with the global RNG
 state forked, in eval mode (each submodule's mode restored), without gradients, and removes its
@@ -35,36 +38,38 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor
+from torch import Tensor, nn
 
-from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
-from gan_dissect_callbacks.callbacks._trainer import analysis_dir, tensorboard_writers
-from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
-from gan_dissect_callbacks.engines.sampling import LatentSampler, resolve_latent_sampler
-from gan_dissect_callbacks.instrumentation import resolve_layer
-from gan_dissect_callbacks.reporting.dissection_logging import (
-    log_dissection,
-    scalar_values,
-    summarise,
-    unit_galleries,
+from gan_dissect_callbacks.arguments import (
+    THRESHOLD_RULES,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_layer_names,
+    check_segmenter,
 )
+from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
+from gan_dissect_callbacks.callbacks._trainer import report_output
+from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
+from gan_dissect_callbacks.engines.sampling import LatentSampler
+from gan_dissect_callbacks.reporting.dissection import log_dissection, scalar_values, summarise
+from gan_dissect_callbacks.reporting.writing import ReportOutput
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback"]
-
-_RULES = ("quantile", "iqr")
 
 
 class DissectionCallback(ScheduledAnalysis):
     """Dissect generator layers at a cadence and log interpretability to TensorBoard.
 
     Args:
-        layers: dotted names of the layers to dissect on the LightningModule, e.g.
-            ``["generator.layer2", "generator.layer3"]``.
+        layers: dotted names of the layers to dissect, relative to the analysed generator, e.g.
+            ``["generator.layer2", "generator.layer3"]`` on the LightningModule, or
+            ``["layer3"]`` with ``generator=`` an EMA copy.
         segmenter: gives concept masks of generated images (see
             :class:`~gan_dissect_callbacks.segmenters.base.Segmenter`).
         every_n_train_steps: dissect after every ``n`` training batches (the step axis above).
@@ -79,13 +84,21 @@ class DissectionCallback(ScheduledAnalysis):
         quantile: quantile of the quantile rule (0.99: the top 1% of activations).
         iou_cutoff: a unit is interpretable when its best IoU exceeds this.
         top_k: top-activating samples kept per unit (gallery columns).
-        gallery_units: units per layer shown in the gallery (best IoU first); 0 disables it.
-        sample_latents: ``(n, generator) → latents``; by default ``pl_module.sample_latents`` or
-            standard normal latents of ``pl_module.latent_dim`` / ``hparams.latent_dim``.
-        latent_dim: latent size, when the module does not say.
-        generate: latents → images in ``[-1, 1]``; by default the module's ``forward``.
+        top_n: units per layer shown in the gallery (interpretable first, best IoU first);
+            0 disables it.
+        generator: the generator to dissect: ``None`` for the LightningModule itself, the dotted
+            name of a submodule (``"generator_ema"``), or an ``nn.Module`` kept outside it.
+        generate: latents → images in ``[-1, 1]``; by default the analysed module's ``forward``.
+        sample_latents: ``(n, generator) → latents``; by default the analysed module's (or the
+            LightningModule's) ``sample_latents``, or standard normal latents of ``latent_dim``.
+        latent_dim: latent size, when the modules do not say.
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
+        name: the analysis's name: tag prefix and report folder (default ``"dissection"``);
+            give each of several DissectionCallbacks its own.
         metric_kwargs: extra arguments of the IoU metric (e.g. ``num_levels``).
+
+    Attributes:
+        last_report: the latest :class:`DissectionReport` (``None`` before the first).
     """
 
     _what = "dissection"
@@ -100,7 +113,7 @@ class DissectionCallback(ScheduledAnalysis):
         *,
         every_n_train_steps: int | None = 500,
         every_n_epochs: int | None = None,
-        on_train_start: bool = True,
+        on_train_start: bool = False,
         on_train_end: bool = True,
         num_samples: int = 256,
         batch_size: int = 64,
@@ -108,12 +121,14 @@ class DissectionCallback(ScheduledAnalysis):
         rule: str = "quantile",
         quantile: float = 0.99,
         iou_cutoff: float = 0.04,
-        top_k: int = 6,
-        gallery_units: int = 12,
+        top_k: int = 8,
+        top_n: int = 12,
+        generator: str | nn.Module | None = None,
+        generate: Callable[[Tensor], Tensor] | None = None,
         sample_latents: LatentSampler | None = None,
         latent_dim: int | None = None,
-        generate: Callable[[Tensor], Tensor] | None = None,
         raise_on_error: bool = False,
+        name: str | None = None,
         metric_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
@@ -122,76 +137,57 @@ class DissectionCallback(ScheduledAnalysis):
             on_train_start=on_train_start,
             on_train_end=on_train_end,
             raise_on_error=raise_on_error,
+            name=name,
         )
-        if isinstance(layers, str) or not layers:
-            raise ValueError(
-                f"Expected argument `layers` to be a non-empty list of layer names, but got "
-                f"{layers!r}."
-            )
-        if rule not in _RULES:
-            raise ValueError(f"Expected argument `rule` to be one of {_RULES}, but got {rule!r}.")
-        if not 0.0 < quantile < 1.0:
-            raise ValueError(
-                f"Expected argument `quantile` to be a float in (0, 1), but got {quantile}."
-            )
-        if not 0.0 <= iou_cutoff < 1.0:
-            raise ValueError(
-                f"Expected argument `iou_cutoff` to be a float in [0, 1), but got {iou_cutoff}."
-            )
-        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected argument `{name}` to be an int ≥ 1, but got {value!r}.")
-        if top_k < 0 or gallery_units < 0:
-            raise ValueError(
-                f"Expected `top_k` and `gallery_units` ≥ 0, but got {top_k} and {gallery_units}."
-            )
-        for attr in ("vocabulary", "segment"):
-            if not hasattr(segmenter, attr):
-                raise TypeError(
-                    f"Expected argument `segmenter` to implement the Segmenter protocol "
-                    f"(`vocabulary`, `segment`, `soft_segment`, `segmentation_size`), but "
-                    f"{type(segmenter).__name__} has no `{attr}`."
-                )
-        self.layers = list(layers)
-        self.segmenter = segmenter
-        self.num_samples = num_samples
-        self.batch_size = batch_size
+        self.layers = check_layer_names(layers)
+        self.segmenter = check_segmenter(segmenter)
+        self.num_samples = check_int(num_samples, "num_samples")
+        self.batch_size = check_int(batch_size, "batch_size")
         self.seed = seed
-        self.rule = rule
-        self.quantile = quantile
-        self.iou_cutoff = iou_cutoff
-        self.top_k = top_k
-        self.gallery_units = gallery_units
-        self.sample_latents = sample_latents
-        self.latent_dim = latent_dim
+        self.rule = check_choice(rule, "rule", THRESHOLD_RULES)
+        self.quantile = check_fraction(quantile, "quantile")
+        self.iou_cutoff = check_fraction(iou_cutoff, "iou_cutoff", closed_low=True)
+        self.top_k = check_int(top_k, "top_k", minimum=0)
+        self.top_n = check_int(top_n, "top_n", minimum=0)
+        self.generator = generator
         self.generate = generate
+        self.sample_latents = sample_latents
+        self.latent_dim = check_int(latent_dim, "latent_dim", optional=True)
         self.metric_kwargs = dict(metric_kwargs or {})
         self.last_report: DissectionReport | None = None
+        self._generator: AnalysedGenerator | None = None
         self._layout_written = False
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, rule=self.rule)
+        return self._state_key_of(layers=self.layers, rule=self.rule)
 
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for name in self.layers:
-            resolve_layer(pl_module, name)  # raises with the list of valid names
-        resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim)
+        self._generator = AnalysedGenerator.of(
+            pl_module,
+            self.generator,
+            generate=self.generate,
+            sample_latents=self.sample_latents,
+            latent_dim=self.latent_dim,
+        )
+        self._generator.check_layers(self.layers)  # an unknown name lists the valid ones
         super().setup(trainer, pl_module, stage)  # warns when there is no logger
 
     # ------------------------------------------------------------------ the analysis
 
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Dissect at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
+        if self._generator is None:
+            raise RuntimeError("DissectionCallback ran before `setup`; attach it to a Trainer.")
+        output = report_output(trainer, self.analysis_name)
+        # Only the process that logs to TensorBoard draws the gallery's examples.
+        shown = self.top_n if trainer.is_global_zero and output.writers else 0
         report = dissect(
-            pl_module,
+            self._generator,
             self.layers,
             self.segmenter,
-            generate=self.generate,
-            sample_latents=self.sample_latents,
-            latent_dim=self.latent_dim,
             num_samples=self.num_samples,
             batch_size=self.batch_size,
             seed=self.seed,
@@ -199,6 +195,7 @@ class DissectionCallback(ScheduledAnalysis):
             quantile=self.quantile,
             iou_cutoff=self.iou_cutoff,
             top_k=self.top_k,
+            top_n=shown,
             metric_kwargs=self.metric_kwargs,
             step=step,
         )
@@ -206,39 +203,22 @@ class DissectionCallback(ScheduledAnalysis):
         self.history.append(entry)
         self.last_report = report
         if trainer.is_global_zero:
-            self._write(trainer, pl_module, report, entry, analysis_dir(trainer, "dissection"))
+            self._write(output, report, entry)
 
     # ------------------------------------------------------------------ logging
 
-    def _write(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        report: DissectionReport,
-        entry: dict[str, Any],
-        folder: Path,
-    ) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
+    def _write(self, output: ReportOutput, report: DissectionReport, entry: dict[str, Any]) -> None:
         step = int(entry["step"])
-        report.to_json(folder / f"step_{step:07d}.json")
-        report.to_json(folder / "latest.json")
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                logger.log_metrics(scalar_values(entry, report.vocabulary.categories), step=step)
-        writers = tensorboard_writers(trainer)
-        if not writers:
-            return
-        galleries = unit_galleries(
-            pl_module,
-            report,
-            sampler=resolve_latent_sampler(pl_module, self.sample_latents, self.latent_dim),
-            generate=self.generate if self.generate is not None else pl_module,
-            batch_size=self.batch_size,
-            num_units=self.gallery_units if self.top_k else 0,
-        )
-        for writer in writers:
+        output.write_json(step, report.to_dict())
+        scalars = scalar_values(entry, report.vocabulary.categories, prefix=self.analysis_name)
+        for logger in output.loggers:  # TensorBoard gets its scalars from log_dissection
+            logger.log_metrics(scalars, step=step)
+        for writer in output.tensorboard():
             log_dissection(
-                writer, report, entry, galleries=galleries, write_layout=not self._layout_written
+                writer,
+                report,
+                entry,
+                write_layout=not self._layout_written,
+                prefix=self.analysis_name,
             )
-        self._layout_written = True
+        self._layout_written = self._layout_written or bool(output.writers)

@@ -120,24 +120,32 @@ def default_callbacks(every_n_batches: int = 500, num_samples: int = 256) -> lis
     the dissection's latest report), and SWD / discriminator score, all every
     ``every_n_batches`` training batches.
     """
-    from gan_dissect_callbacks.callbacks.artifacts import QualityMonitor
-    from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
-    from gan_dissect_callbacks.callbacks.intervention import InterventionCallback
+    from gan_dissect_callbacks.callbacks import (
+        DissectionCallback,
+        InterventionCallback,
+        QualityMonitor,
+    )
     from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 
     segmenter = load_toy_segmenter()
+    # The untrained baseline (step 0) starts the dissection and quality curves.
+    dissection = DissectionCallback(
+        list(DEMO_LAYERS),
+        segmenter,
+        every_n_train_steps=every_n_batches,
+        on_train_start=True,
+        num_samples=num_samples,
+    )
     return [
-        DissectionCallback(
-            list(DEMO_LAYERS),
-            segmenter,
-            every_n_train_steps=every_n_batches,
-            num_samples=num_samples,
-        ),
+        dissection,
         InterventionCallback(
             "generator.layer3",
             ["sun", "cloud", "tree", "house"],
             segmenter,
             every_n_train_steps=every_n_batches,
+            dissection=dissection,
         ),
-        QualityMonitor(every_n_train_steps=every_n_batches, num_samples=num_samples),
+        QualityMonitor(
+            every_n_train_steps=every_n_batches, on_train_start=True, num_samples=num_samples
+        ),
     ]

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gan_dissect_callbacks.arguments import check_int
+
 __all__ = [
     "LatentSampler",
     "SampleBatch",
@@ -107,10 +109,8 @@ def iterate_samples(
         >>> torch.equal(torch.cat([b.latents for b in mine]), whole[[1, 3]])
         True
     """
-    if num_samples < 1:
-        raise ValueError(f"Expected argument `num_samples` to be ≥ 1, but got {num_samples}.")
-    if batch_size < 1:
-        raise ValueError(f"Expected argument `batch_size` to be ≥ 1, but got {batch_size}.")
+    check_int(num_samples, "num_samples")
+    check_int(batch_size, "batch_size")
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)

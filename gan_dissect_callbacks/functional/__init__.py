@@ -1,4 +1,4 @@
-"""Pure tensor math of the method: IoU, IQR, threshold rules, upsampling, SWD."""
+"""Pure tensor math of the method: IoU, IQR, threshold rules, upsampling, SWD (per set too)."""
 
 from gan_dissect_callbacks.functional.iou import iou_from_counts
 from gan_dissect_callbacks.functional.iqr import (
@@ -7,6 +7,7 @@ from gan_dissect_callbacks.functional.iqr import (
     mutual_information,
 )
 from gan_dissect_callbacks.functional.swd import SlicedWassersteinResult, sliced_wasserstein, swd
+from gan_dissect_callbacks.functional.swd_sets import unit_swd_scores
 from gan_dissect_callbacks.functional.threshold import iqr_rule, quantile_rule
 from gan_dissect_callbacks.functional.unit_concept import UnitConceptIoUResult, unit_concept_iou
 from gan_dissect_callbacks.functional.upsample import upsample_activations
@@ -23,5 +24,6 @@ __all__ = [
     "sliced_wasserstein",
     "swd",
     "unit_concept_iou",
+    "unit_swd_scores",
     "upsample_activations",
 ]

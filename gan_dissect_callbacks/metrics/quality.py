@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.instrumentation import eval_mode
 
 __all__ = ["DiscriminatorScore", "make_fid"]
@@ -228,9 +229,6 @@ def make_fid(
                 f" {shape} for a probe batch of shape {list(probe.shape)}."
             )
         num_features = int(output.shape[1])
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-        raise ValueError(
-            f"Expected argument `num_features` to be a positive int, but got {num_features!r}."
-        )
+    num_features = check_int(num_features, "num_features")
     wrapped = _SignedImageFeatures(feature_extractor, num_features)
     return FrechetInceptionDistance(feature=wrapped, normalize=True, **kwargs)

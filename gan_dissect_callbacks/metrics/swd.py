@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.functional.swd import (
     laplacian_pyramid,
     sample_descriptors,
@@ -138,14 +139,8 @@ class SlicedWassersteinDistance(Metric):
             ("num_descriptors_per_image", num_descriptors_per_image),
             ("num_projections", num_projections),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"Expected argument `{name}` to be a positive int, but got {value!r}."
-                )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(
-                f"Expected argument `seed` to be a non-negative int, but got {seed!r}."
-            )
+            check_int(value, name)
+        check_int(seed, "seed", minimum=0)
         if not isinstance(reset_real_features, bool):
             raise ValueError(
                 "Expected argument `reset_real_features` to be a bool, but got"

@@ -37,7 +37,10 @@ from gan_dissect_callbacks.functional.unit_concept import (
     unit_concept_levels,
 )
 
-__all__ = ["UnitConceptIoU"]
+__all__ = ["DEFAULT_CALIBRATION_SAMPLES", "UnitConceptIoU"]
+
+#: Samples the candidate levels are calibrated on unless ``calibration_samples`` says otherwise.
+DEFAULT_CALIBRATION_SAMPLES = 128
 
 
 def _identical_levels(stacked: Tensor) -> Tensor:
@@ -146,7 +149,7 @@ class UnitConceptIoU(Metric):
         min_fraction: float = 1e-3,
         num_dense_levels: int = 256,
         min_concept_fraction: float = 1e-4,
-        calibration_samples: int = 128,
+        calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
         segmentation_size: Sequence[int] | None = None,
         levels: Tensor | None = None,
         **kwargs: Any,

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,9 +32,6 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.images import image_grid, to_unit_range
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["GalleryRow", "unit_gallery", "unit_overlay"]
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 __all__ = ["custom_scalars_layout", "label_stability", "layer_scalar_tags"]
 
@@ -32,16 +29,19 @@ def _check_names(argument: str, names: Sequence[str], *, allow_empty: bool) -> N
         raise ValueError(f"Expected unique names in `{argument}`, but got repeated {repeated}.")
 
 
-def layer_scalar_tags(layer: str, categories: Sequence[str]) -> dict[str, str]:
+def layer_scalar_tags(
+    layer: str, categories: Sequence[str], *, prefix: str = "dissection"
+) -> dict[str, str]:
     """The scalar tags a dissection of ``layer`` is logged under, keyed by what they measure.
 
     ``"interpretable_units/{category}"`` for every category, then
     ``"interpretable_units/total"``, ``"distinct_concepts"``, ``"label_stability"`` and
-    ``"mean_best_iou"``; each tag is ``"dissection/{layer}/{key}"``.
+    ``"mean_best_iou"``; each tag is ``"{prefix}/{layer}/{key}"``.
 
     Args:
         layer: the layer name, e.g. ``"generator.layer3"``.
         categories: the concept categories (``"total"`` is reserved).
+        prefix: the analysis's name, e.g. ``"dissection_ema"`` for a second dissection.
 
     Raises:
         ValueError: if a name is empty or repeated, or a category is called ``"total"``.
@@ -52,7 +52,10 @@ def layer_scalar_tags(layer: str, categories: Sequence[str]) -> dict[str, str]:
         ('dissection/layer3/interpretable_units/part', 'dissection/layer3/label_stability')
         >>> list(tags)
         ['interpretable_units/object', 'interpretable_units/part', 'interpretable_units/total', 'distinct_concepts', 'label_stability', 'mean_best_iou']
+        >>> layer_scalar_tags("layer3", [], prefix="dissection_ema")["distinct_concepts"]
+        'dissection_ema/layer3/distinct_concepts'
     """  # noqa: E501
+    _check_names("prefix", [prefix], allow_empty=False)
     _check_names("layers", [layer], allow_empty=False)
     _check_names("categories", categories, allow_empty=True)
     if "total" in categories:
@@ -62,7 +65,7 @@ def layer_scalar_tags(layer: str, categories: Sequence[str]) -> dict[str, str]:
         )
     keys = [f"interpretable_units/{c}" for c in categories]
     keys += ["interpretable_units/total", "distinct_concepts", "label_stability", "mean_best_iou"]
-    return {key: f"dissection/{layer}/{key}" for key in keys}
+    return {key: f"{prefix}/{layer}/{key}" for key in keys}
 
 
 def _exactly(tag: str) -> str:
@@ -72,21 +75,22 @@ def _exactly(tag: str) -> str:
 
 
 def custom_scalars_layout(
-    layers: Sequence[str], categories: Sequence[str]
+    layers: Sequence[str], categories: Sequence[str], *, prefix: str = "dissection"
 ) -> dict[str, dict[str, list[Any]]]:
     """A TensorBoard custom-scalars layout grouping the curves of a dissection.
 
     The format is the one ``SummaryWriter.add_custom_scalars`` expects:
-    ``{section: {chart: ["Multiline", [tag regexes]]}}``. Section ``"dissection (all layers)"``
+    ``{section: {chart: ["Multiline", [tag regexes]]}}``. Section ``"{prefix} (all layers)"``
     holds the charts ``"distinct concepts (all layers)"``, ``"label stability (all layers)"`` and
     ``"mean best IoU (all layers)"`` (one curve per layer); then a section
-    ``"dissection: {layer}"`` per layer holds ``"interpretable units by category"`` (one curve per
+    ``"{prefix}: {layer}"`` per layer holds ``"interpretable units by category"`` (one curve per
     category and the total). Tags are those of :func:`layer_scalar_tags`, as anchored, escaped
     regular expressions (the custom-scalars plugin matches tags by regex).
 
     Args:
         layers: the dissected layer names.
         categories: the concept categories.
+        prefix: the analysis's name (``"dissection"`` unless several dissections are logged).
 
     Raises:
         ValueError: if a name is empty or repeated, ``layers`` is empty, or a category is called
@@ -100,21 +104,21 @@ def custom_scalars_layout(
         ['Multiline', ['^dissection/layer3/interpretable_units/object$', '^dissection/layer3/interpretable_units/total$']]
     """  # noqa: E501
     _check_names("layers", layers, allow_empty=False)
-    tags = {layer: layer_scalar_tags(layer, categories) for layer in layers}
+    tags = {layer: layer_scalar_tags(layer, categories, prefix=prefix) for layer in layers}
     across = {
         "distinct concepts (all layers)": "distinct_concepts",
         "label stability (all layers)": "label_stability",
         "mean best IoU (all layers)": "mean_best_iou",
     }
     layout: dict[str, dict[str, list[Any]]] = {
-        "dissection (all layers)": {
+        f"{prefix} (all layers)": {
             chart: ["Multiline", [_exactly(tags[layer][key]) for layer in layers]]
             for chart, key in across.items()
         }
     }
     for layer in layers:
         counts = [f"interpretable_units/{c}" for c in categories] + ["interpretable_units/total"]
-        layout[f"dissection: {layer}"] = {
+        layout[f"{prefix}: {layer}"] = {
             "interpretable units by category": [
                 "Multiline",
                 [_exactly(tags[layer][key]) for key in counts],

@@ -105,7 +105,7 @@ class ModuleSegmenter:
             )
         if isinstance(output_size, int) and not isinstance(output_size, bool):
             output_size = (output_size, output_size)
-        size = None if output_size is None else check_size(output_size)  # type: ignore[arg-type]
+        size = None if output_size is None else check_size(output_size)
         self.module = module
         self._vocabulary = vocabulary
         self.multilabel = multilabel

@@ -404,7 +404,7 @@ def _check_output_size(size: int | tuple[int, int] | None) -> tuple[int, int] | 
         return None
     if isinstance(size, int) and not isinstance(size, bool):
         return check_size((size, size))
-    return check_size(size)  # type: ignore[arg-type]  # a bool reaches _check_size's error
+    return check_size(size)  # a bool reaches check_size's error
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:

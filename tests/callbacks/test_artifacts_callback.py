@@ -3,6 +3,7 @@ keep the mask through checkpoints and at inference, roll it back when it hurts, 
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 from torch import Tensor
 
-from gan_dissect_callbacks.callbacks.artifacts import ArtifactPruningCallback, QualityMonitor
+from gan_dissect_callbacks.callbacks import ArtifactPruningCallback, QualityMonitor
 from gan_dissect_callbacks.demos.gan import SceneGAN
 from gan_dissect_callbacks.demos.pretrained import load_pretrained_scene_gan
 from gan_dissect_callbacks.demos.scenes import render_scenes
@@ -104,7 +105,7 @@ def test_training_is_bit_for_bit_the_same_with_both_callbacks_and_pruning_off(tm
     artifacts = ArtifactPruningCallback(
         LAYER, every_n_train_steps=2, num_samples=16, top_k=2, num_seeds=2, **FAST
     )
-    quality = QualityMonitor(every_n_train_steps=3, num_samples=16, **FAST)
+    quality = QualityMonitor(every_n_train_steps=3, on_train_start=True, num_samples=16, **FAST)
     fit(tmp_path / "b", watched, [artifacts, quality], batches=6)
     assert [h["step"] for h in artifacts.history] == [2, 4, 6]
     assert [h["step"] for h in quality.history] == [0, 3, 6]
@@ -124,7 +125,7 @@ def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     real, _ = render_scenes(64, 32, generator=torch.Generator().manual_seed(1))
     callback = ArtifactPruningCallback(
         LAYER, real_images=real, every_n_train_steps=2, num_samples=64, top_k=8, top_n=3,
-        prune=True, num_seeds=3, num_examples=8, **FAST,
+        prune=True, num_seeds=3, num_images=8, **FAST,
     )  # fmt: skip
     model = planted_gan()
     trainer = fit(root, model, [callback], batches=2)
@@ -192,6 +193,12 @@ def test_tensorboard_gets_scores_units_grids_and_swd_with_and_without(pruned_run
         events.Tensors("artifacts/chosen_units/text_summary")[0].tensor_proto.string_val[0].decode()
     )
     assert "**pruned** [3, 12, 21]" in text
+    # The check's entry is written as JSON beside the events, as the other analyses do.
+    folder = Path(log_dir) / "artifacts"
+    assert sorted(p.name for p in folder.glob("*.json")) == ["latest.json", "step_0000002.json"]
+    report = json.loads((folder / "latest.json").read_text())
+    assert report == json.loads(json.dumps(pruned_run["callback"].history[0]))
+    assert report["pruned"] == PLANTED
 
 
 def test_resume_reinstalls_the_mask_and_a_check_that_shows_it_hurts_rolls_it_back(
@@ -204,7 +211,7 @@ def test_resume_reinstalls_the_mask_and_a_check_that_shows_it_hurts_rolls_it_bac
         real = source(torch.randn(64, 64, generator=torch.Generator().manual_seed(4)))
     resumed = ArtifactPruningCallback(
         LAYER, real_images=real, every_n_train_steps=2, num_samples=64, top_k=8, top_n=3,
-        prune=True, num_seeds=3, num_examples=0, **FAST,
+        prune=True, num_seeds=3, num_images=0, **FAST,
     )  # fmt: skip
 
     class Probe(pl.Callback):
@@ -228,11 +235,98 @@ def test_resume_reinstalls_the_mask_and_a_check_that_shows_it_hurts_rolls_it_bac
 
 def test_the_pruning_budget_caps_the_candidates(tmp_path) -> None:
     callback = ArtifactPruningCallback(
-        LAYER, every_n_train_steps=1, num_samples=16, top_k=2, top_n=5, max_pruned=1,
+        LAYER, every_n_train_steps=1, num_samples=16, top_k=2, top_n=5, max_pruned_units=1,
         num_seeds=2, prune=True, **FAST,
     )  # fmt: skip
     fit(tmp_path, tiny_gan(), [callback], batches=1, logger=False)
     assert len(callback.history[0]["candidates"]) == 1
+
+
+def test_the_candidates_grid_shows_the_scored_top_images_without_running_the_model(
+    pruned_run,
+) -> None:
+    callback = pruned_run["callback"]
+    scores, ablation = callback.last_scores, callback.last_ablation
+    assert scores is not None and scores.images is not None and ablation is not None
+    from gan_dissect_callbacks.reporting.artifacts import check_grids
+    from gan_dissect_callbacks.reporting.images import image_grid
+
+    grids = check_grids(ablation, scores, 8)
+    expected = image_grid(torch.cat([scores.top_images(u, 8) for u in ablation.units]), nrow=8)
+    torch.testing.assert_close(grids["candidates"], expected)
+    assert grids["before"].shape == grids["after"].shape
+
+
+def test_an_outside_generator_is_pruned_by_its_own_layer_names(tmp_path) -> None:
+    real, _ = render_scenes(64, 32, generator=torch.Generator().manual_seed(1))
+    gan = planted_gan()
+    ema = copy.deepcopy(gan.generator).eval()  # an EMA copy kept outside the LightningModule
+    callback = ArtifactPruningCallback(
+        "layer3", generator=ema, real_images=real, every_n_train_steps=2, num_samples=64,
+        top_k=8, top_n=3, prune=True, num_seeds=3, num_images=0, raise_on_error=True, **FAST,
+    )  # fmt: skip
+    fit(tmp_path, gan, [callback], batches=2, logger=False)
+    (entry,) = callback.history
+    assert entry["accepted"] and sorted(entry["pruned"]) == PLANTED
+    assert callback.mask.units("layer3") == PLANTED
+    assert len(ema.layer3._forward_hooks) == 1 and no_hooks(gan)  # on the module that runs
+    z = torch.randn(4, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        pruned = ema(z)
+        callback.mask.remove()
+        with edit_activations(ema, {"layer3": UnitEdit.ablation(PLANTED, 32)}):
+            expected = ema(z)
+    torch.testing.assert_close(pruned, expected)
+    with pytest.raises(ValueError, match=r"Valid layers: .*layer3"):
+        fit(
+            tmp_path / "bad", tiny_gan(), [ArtifactPruningCallback(LAYER, generator=ema)], 1,
+            logger=False,
+        )  # fmt: skip
+
+
+def test_two_named_checks_keep_their_own_tags_reports_and_state(tmp_path) -> None:
+    settings = {"every_n_train_steps": 1, "num_samples": 8, "top_k": 2, "num_seeds": 2, **FAST}
+    checks = [
+        ArtifactPruningCallback(LAYER, name="artifacts_g", **settings),
+        # The same layer, named relative to the generator the second one analyses.
+        ArtifactPruningCallback("layer3", name="artifacts_ema", generator="generator", **settings),
+    ]
+    monitors = [
+        QualityMonitor(every_n_train_steps=1, num_samples=8, name=n, **FAST)
+        for n in ("quality_a", "quality_b")
+    ]
+    keys = [c.state_key for c in [*checks, *monitors]]
+    assert len(set(keys)) == 4
+    trainer = fit(tmp_path, tiny_gan(), [*checks, *monitors], batches=1)
+    log_dir = Path(trainer.logger.log_dir)
+    for folder in ("artifacts_g", "artifacts_ema"):
+        assert sorted(p.name for p in (log_dir / folder).glob("*.json")) == [
+            "latest.json",
+            "step_0000001.json",
+        ]
+    assert not (log_dir / "artifacts").exists() and not (log_dir / "quality_a").exists()
+    events = EventAccumulator(str(log_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for prefix in ("artifacts_g", "artifacts_ema"):
+        assert [e.step for e in events.Scalars(f"{prefix}/swd")] == [1]
+        assert f"{prefix}/chosen_units/text_summary" in events.Tags()["tensors"]
+    for prefix in ("quality_a", "quality_b"):
+        assert [e.step for e in events.Scalars(f"{prefix}/swd_avg")] == [1]
+    assert not any(tag.startswith(("artifacts/", "quality/")) for tag in scalars)
+    trainer.save_checkpoint(tmp_path / "both.ckpt")
+    saved = torch.load(tmp_path / "both.ckpt", weights_only=True)["callbacks"]
+    assert set(keys) <= set(saved)
+    assert [h["step"] for h in saved[checks[1].state_key]["history"]] == [1]
+
+
+def test_two_checks_of_one_name_and_layer_clash_as_lightning_says(tmp_path) -> None:
+    for twins in (
+        [ArtifactPruningCallback(LAYER, name="same"), ArtifactPruningCallback(LAYER, name="same")],
+        [QualityMonitor(name="same"), QualityMonitor(name="same")],
+    ):
+        with pytest.raises(RuntimeError, match="more than one stateful callback"):
+            fit(tmp_path, tiny_gan(), twins, batches=1, logger=False)
 
 
 # ---------------------------------------------------------------------------------- quality
@@ -240,7 +334,9 @@ def test_the_pruning_budget_caps_the_candidates(tmp_path) -> None:
 
 def test_quality_monitor_logs_the_swd_and_discriminator_score_of_the_model(tmp_path) -> None:
     real, _ = render_scenes(16, 32, generator=torch.Generator().manual_seed(3))
-    monitor = QualityMonitor(real, every_n_train_steps=2, num_samples=16, **FAST)
+    monitor = QualityMonitor(
+        real, every_n_train_steps=2, on_train_start=True, num_samples=16, **FAST
+    )
     trainer = fit(tmp_path, tiny_gan(), [monitor], batches=2)
     # Step 0 measured the untrained model: recompute it from a fresh copy of it.
     model = tiny_gan().eval()
@@ -330,8 +426,9 @@ def test_environment_problems_are_raised_in_setup(tmp_path) -> None:
         ({"num_se": -1.0}, "num_se"),
         ({"min_improvement": "big"}, "min_improvement"),
         ({"prune": "yes"}, "prune"),
-        ({"max_pruned": -1}, "max_pruned"),
-        ({"tag_prefix": ""}, "tag_prefix"),
+        ({"max_pruned_units": -1}, "max_pruned_units"),
+        ({"name": ""}, "name"),
+        ({"num_images": -1}, "num_images"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
@@ -387,7 +484,7 @@ def test_under_ddp_rank_zero_decides_and_every_rank_prunes_the_same_units(tmp_pa
     real, _ = render_scenes(64, 32, generator=torch.Generator().manual_seed(1))
     callback = ArtifactPruningCallback(
         LAYER, real_images=real, every_n_train_steps=2, num_samples=64, top_k=8, top_n=3,
-        prune=True, num_seeds=3, num_examples=4, raise_on_error=True, **FAST,
+        prune=True, num_seeds=3, num_images=4, raise_on_error=True, **FAST,
     )  # fmt: skip
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(

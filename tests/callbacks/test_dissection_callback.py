@@ -1,5 +1,6 @@
 """DissectionCallback: harmless to training, logs what it says, resumes, fails softly."""
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -18,6 +19,8 @@ from gan_dissect_callbacks.demos.gan import SceneGAN
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY
 from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 from gan_dissect_callbacks.demos.train import SceneDataModule
+from gan_dissect_callbacks.engines.dissection import dissect
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
 
 LAYERS = ["generator.layer2", "generator.layer3"]
@@ -53,7 +56,13 @@ def fit(tmp_path, callbacks, batches=6, logger=True, **kwargs):
 
 
 def callback(segmenter, **kwargs):
-    defaults = {"every_n_train_steps": 2, "num_samples": 24, "batch_size": 12, "top_k": 2}
+    defaults = {
+        "every_n_train_steps": 2,
+        "on_train_start": True,
+        "num_samples": 24,
+        "batch_size": 12,
+        "top_k": 2,
+    }
     defaults.update(kwargs)
     return DissectionCallback(LAYERS, segmenter, **defaults)
 
@@ -189,6 +198,9 @@ def test_unknown_layer_is_refused_in_setup_with_the_valid_names(tmp_path, segmen
         ({"quantile": 0.0}, "quantile"),
         ({"iou_cutoff": 1.5}, "iou_cutoff"),
         ({"num_samples": 0}, "num_samples"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_n": -1}, "top_n"),
+        ({"name": "a/b"}, "name"),
     ],
 )
 def test_bad_arguments_are_named(segmenter, kwargs, match):
@@ -197,7 +209,7 @@ def test_bad_arguments_are_named(segmenter, kwargs, match):
 
 
 def test_a_string_for_layers_or_a_non_segmenter_is_refused(segmenter):
-    with pytest.raises(ValueError, match="layers"):
+    with pytest.raises(TypeError, match="layers"):
         DissectionCallback("generator.layer2", segmenter)
     with pytest.raises(TypeError, match="Segmenter protocol"):
         DissectionCallback(LAYERS, object())
@@ -209,3 +221,98 @@ def test_no_warning_storm_from_a_healthy_run(tmp_path, segmenter):
         fit(tmp_path, [callback(segmenter)], batches=2)
     mine = [w for w in caught if "DissectionCallback" in str(w.message)]
     assert not mine
+
+
+def test_two_named_dissections_write_their_own_reports_and_tags(tmp_path, segmenter):
+    late = callback(segmenter, every_n_train_steps=None, on_train_end=False)
+    early = DissectionCallback(
+        ["generator.layer2"], segmenter, every_n_train_steps=None, on_train_start=True,
+        on_train_end=False, num_samples=24, batch_size=12, top_k=2, name="early",
+    )  # fmt: skip
+    assert late.state_key != early.state_key
+    _, trainer = fit(tmp_path, [late, early], batches=1)
+    log_dir = Path(trainer.logger.log_dir)
+    for folder, layers in (("dissection", LAYERS), ("early", ["generator.layer2"])):
+        assert sorted(p.name for p in (log_dir / folder).glob("*.json")) == [
+            "latest.json",
+            "step_0000000.json",
+        ]
+        assert list(json.loads((log_dir / folder / "latest.json").read_text())["layers"]) == layers
+    events = EventAccumulator(str(log_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    scalars, images = events.Tags()["scalars"], events.Tags()["images"]
+    for prefix, layers in (("dissection", LAYERS), ("early", ["generator.layer2"])):
+        for layer in layers:
+            assert f"{prefix}/{layer}/interpretable_units/total" in scalars
+            assert f"{prefix}/{layer}/gallery" in images
+    assert not any(tag.startswith("early/generator.layer3") for tag in scalars)
+
+
+def test_two_dissections_of_one_name_and_layers_clash_as_lightning_says(tmp_path, segmenter):
+    twins = [callback(segmenter, name="same"), callback(segmenter, name="same")]
+    with pytest.raises(RuntimeError, match="more than one stateful callback"):
+        fit(tmp_path, twins, batches=1)
+
+
+def test_an_ema_copy_outside_the_module_is_dissected(tmp_path, segmenter):
+    pl.seed_everything(0, verbose=False)
+    gan = tiny_gan()
+    ema = copy.deepcopy(gan.generator)
+    with torch.no_grad():
+        ema.layer3[0].weight.mul_(-1)  # an EMA that differs from the trained generator
+    cb = DissectionCallback(
+        ["layer3"], segmenter, generator=ema, every_n_train_steps=None, on_train_start=True,
+        on_train_end=False, num_samples=24, batch_size=12, top_k=2, raise_on_error=True,
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, callbacks=[cb], enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="no logger"):
+        trainer.fit(gan, datamodule=SceneDataModule(num_scenes=16, batch_size=8, seed=0))
+    expected = dissect(ema, ["layer3"], segmenter, num_samples=24, batch_size=12, top_k=2, step=0)
+    assert cb.last_report == expected
+    trained = dissect(gan.generator, ["layer3"], segmenter, num_samples=24, batch_size=12, top_k=2)
+    assert cb.last_report.layers["layer3"] != trained.layers["layer3"]
+    assert AnalysedGenerator.of(gan, ema).module is ema
+
+    wrong = DissectionCallback(["generator.layer3"], segmenter, generator=ema)
+    with pytest.raises(
+        ValueError, match=r"Unknown layer 'generator\.layer3'.*Valid layers: layer1"
+    ):
+        wrong.setup(trainer, gan, "fit")
+
+
+def test_the_tensorboard_gallery_is_the_brute_force_redraw_of_the_top_samples(tmp_path, segmenter):
+    """The gallery logged is, pixel for pixel, the top samples redrawn from the latents."""
+    from torch.utils.tensorboard.summary import image as image_summary
+
+    from gan_dissect_callbacks.engines.sampling import latents_for, resolve_latent_sampler
+    from gan_dissect_callbacks.functional.upsample import upsample_activations
+    from gan_dissect_callbacks.instrumentation import capture_activations
+    from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery
+
+    cb = callback(segmenter, every_n_train_steps=None, on_train_end=False, top_n=3, batch_size=5)
+    _, trainer = fit(tmp_path, [cb], batches=1)
+    report = cb.last_report
+    pl.seed_everything(0, verbose=False)
+    untrained = tiny_gan().eval()  # the weights of the step-0 dissection
+    sampler = resolve_latent_sampler(untrained)
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    for name, layer in report.layers.items():
+        chosen = sorted(layer.units, key=lambda u: (not u.interpretable, -u.iou))[:3]
+        rows = []
+        for u in chosen:
+            z = latents_for(sampler, u.top_samples, report.num_samples, 5, seed=report.seed)
+            with torch.no_grad(), capture_activations(untrained, [name]) as acts:
+                images = untrained(z)
+            up = upsample_activations(acts[name][:, u.unit : u.unit + 1], images.shape[-2:])
+            label = u.concept if u.interpretable else f"({u.concept})"
+            title = f"{name} #{u.unit} {label} IoU {u.iou:.2f}"
+            rows.append(GalleryRow(title, images, up[:, 0] > u.threshold))
+        gallery = image_summary("x", unit_gallery(rows), dataformats="CHW")
+        expected = gallery.value[0].image.encoded_image_string
+        logged = events.Images(f"dissection/{name}/gallery")
+        assert [e.step for e in logged] == [0]
+        assert logged[0].encoded_image_string == expected, name

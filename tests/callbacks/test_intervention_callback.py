@@ -1,7 +1,8 @@
-"""InterventionCallback: harmless to training, logs its tags, reads the dissection callback."""
+"""InterventionCallback: harmless to training, logs its tags, reads the dissection it is given."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,22 +93,22 @@ def fit(
     return model, torch.get_rng_state(), logger
 
 
-def callback(**kwargs: Any) -> InterventionCallback:
+def callback(layer: str = LAYER, **kwargs: Any) -> InterventionCallback:
     options: dict[str, Any] = {
         "every_n_train_steps": 2,
         "on_train_end": False,
         "num_samples": 8,
         "batch_size": 16,
-        "max_units": 3,
+        "max_ablated_units": 3,
         "num_random": 1,
         "log_points": (1, 3),
-        "ace_units": 2,
+        "top_n": 2,
         "num_images": 2,
         "dissect_samples": 16,
         "raise_on_error": True,
     }
     options.update(kwargs)
-    return InterventionCallback(LAYER, ["reddish", "bluish"], segmenter(), **options)
+    return InterventionCallback(layer, ["reddish", "bluish"], segmenter(), **options)
 
 
 def read_events(logger: TensorBoardLogger) -> EventAccumulator:
@@ -160,14 +161,17 @@ def test_harmless_and_logs_its_tags(tmp_path: Path) -> None:
     assert (Path(logger.log_dir) / "intervention" / "step_0000002.json").is_file()
 
 
-def test_takes_the_ranking_from_an_attached_dissection_callback(tmp_path: Path) -> None:
+def test_takes_the_ranking_from_the_dissection_it_is_given(tmp_path: Path) -> None:
     dissection = DissectionCallback(
         [LAYER], segmenter(), every_n_train_steps=2, on_train_start=False, on_train_end=False,
-        num_samples=16, top_k=0, gallery_units=0,
+        num_samples=16, top_k=0, top_n=0,
     )  # fmt: skip
-    watched = callback(num_images=0)
-    fit([dissection, watched], tmp_path, batches=2)
+    watched = callback(num_images=0, dissection=dissection)
+    # A DissectionCallback among the trainer's callbacks is not looked for: only one given is read.
+    alone = callback(num_images=0, name="intervention_alone")
+    fit([dissection, watched, alone], tmp_path, batches=2)
     assert watched.history[-1]["source"] == "DissectionCallback (step 2)"
+    assert alone.history[-1]["source"] == "dissect"
     assert dissection.last_report is not None
     layer = dissection.last_report.layers[LAYER]
     c = VOCAB.index("bluish")
@@ -178,7 +182,7 @@ def test_takes_the_ranking_from_an_attached_dissection_callback(tmp_path: Path) 
 def test_absent_concept_is_skipped_with_a_warning(tmp_path: Path) -> None:
     watched = InterventionCallback(
         LAYER, ["never", "reddish"], segmenter(), every_n_train_steps=2, on_train_end=False,
-        num_samples=8, max_units=2, num_random=0, num_images=0, dissect_samples=8,
+        num_samples=8, max_ablated_units=2, num_random=0, num_images=0, dissect_samples=8,
     )  # fmt: skip
     with pytest.warns(UserWarning, match=r"concept 'never' is absent"):
         fit([watched], tmp_path, batches=2)
@@ -210,7 +214,11 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match=r"Segmenter protocol"):
         InterventionCallback(LAYER, ["reddish"], object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`rule` to be one of"):
-        InterventionCallback(LAYER, ["reddish"], seg, rule="median")
+        InterventionCallback(LAYER, ["reddish"], seg, rule="median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`top_n` to be an int ≥ 1, but got 0"):
+        InterventionCallback(LAYER, ["reddish"], seg, top_n=0)
+    with pytest.raises(TypeError, match=r"`dissection` to be None or a DissectionCallback"):
+        InterventionCallback(LAYER, ["reddish"], seg, dissection=object())  # type: ignore[arg-type]
 
 
 def test_unknown_layer_fails_in_setup(tmp_path: Path) -> None:
@@ -227,3 +235,45 @@ def test_state_dict_round_trip() -> None:
     assert second.history == first.history
     assert second._last_step == 6
     assert first.state_key == second.state_key
+
+
+def test_two_named_callbacks_write_two_reports_and_tag_sets(tmp_path: Path) -> None:
+    first = callback(num_images=0, name="intervention_a")
+    second = InterventionCallback(
+        LAYER, ["bluish"], segmenter(), every_n_train_steps=2, on_train_end=False, num_samples=8,
+        max_ablated_units=2, num_random=0, top_n=2, num_images=0, dissect_samples=8,
+        raise_on_error=True, name="intervention_b",
+    )  # fmt: skip
+    assert first.state_key != callback(num_images=0).state_key  # a name makes the key distinct
+    _, _, logger = fit([first, second], tmp_path, batches=2)
+    for name, concept in (("intervention_a", "reddish"), ("intervention_b", "bluish")):
+        report = json.loads((Path(logger.log_dir) / name / "latest.json").read_text())
+        assert report["step"] == 2 and concept in report["concepts"]
+    scalars = set(read_events(logger).Tags()["scalars"])
+    assert "intervention_a/reddish/ace" in scalars and "intervention_b/bluish/ace" in scalars
+    assert not any(tag.startswith("intervention/") for tag in scalars)
+    assert not (Path(logger.log_dir) / "intervention").exists()
+
+
+def test_same_name_twice_is_lightnings_duplicate_state_error(tmp_path: Path) -> None:
+    twins = [callback(name="same"), callback(name="same")]
+    with pytest.raises(RuntimeError, match="more than one stateful callback"):
+        fit(twins, tmp_path, batches=1)
+
+
+def test_intervenes_on_a_generator_kept_outside_the_module(tmp_path: Path) -> None:
+    outside = copy.deepcopy(small_gan().generator)  # an EMA copy, say: not a submodule
+    outside.eval()
+    state = {k: v.clone() for k, v in outside.state_dict().items()}
+    watched = callback("layer3", generator=outside)  # a layer name of the outside module itself
+    _, _, logger = fit([watched], tmp_path, batches=2)
+    assert [e["step"] for e in watched.history] == [2]
+    assert watched.history[-1]["concepts"]["reddish"]["removal"]["layer"] == "layer3"
+    assert "intervention/reddish/images" in read_events(logger).Tags()["images"]
+    assert not outside.training  # its mode restored
+    for key, value in outside.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+    wrong = InterventionCallback(LAYER, ["reddish"], segmenter(), generator=outside)
+    with pytest.raises(ValueError, match=r"Unknown layer 'generator.layer2'.*Valid layers: layer1"):
+        fit([wrong], tmp_path / "wrong", batches=1)

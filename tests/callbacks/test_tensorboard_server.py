@@ -45,7 +45,12 @@ def served(tmp_path_factory):
         logger=TensorBoardLogger(str(root), name="demo"),
         callbacks=[
             DissectionCallback(
-                [LAYER], load_toy_segmenter(), every_n_train_steps=2, num_samples=16, batch_size=8
+                [LAYER],
+                load_toy_segmenter(),
+                every_n_train_steps=2,
+                on_train_start=True,
+                num_samples=16,
+                batch_size=8,
             )
         ],
         enable_progress_bar=False,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
+from gan_dissect_callbacks.engines.dissection import DissectionReport, UnitExamples, dissect
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import iterate_samples, resolve_latent_sampler
 from gan_dissect_callbacks.functional.upsample import upsample_activations
 from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
@@ -87,7 +88,8 @@ def test_several_layers_share_one_forward_and_segmenter_pass(model):
 def test_report_round_trips_through_json(model, tmp_path):
     report = dissect(model, ["features"], exact_segmenter(), num_samples=32, batch_size=16, step=7)
     path = tmp_path / "r.json"
-    text = report.to_json(path)
+    text = report.to_json()
+    path.write_text(text)
     assert json.loads(text)["step"] == 7
     again = DissectionReport.from_json(path)
     assert again == report
@@ -131,7 +133,7 @@ def test_unknown_layer_lists_valid_names(model):
 def test_non_featuremap_layer_is_refused():
     model = nn.Sequential(nn.Linear(4, 3 * 32 * 32), nn.Tanh(), nn.Unflatten(1, (3, 32, 32)))
     with pytest.raises(ValueError, match="featuremap"):
-        dissect(model, ["0"], exact_segmenter(), num_samples=8, latent_dim=4)
+        dissect(AnalysedGenerator(model, latent_dim=4), ["0"], exact_segmenter(), num_samples=8)
 
 
 def test_missing_latent_sampler_names_the_fix():
@@ -165,8 +167,53 @@ def test_nan_activations_are_refused(model):
         ({"rule": "median"}, "rule"),
         ({"quantile": 1.5}, "quantile"),
         ({"top_k": -1}, "top_k"),
+        ({"top_n": -1}, "top_n"),
+        ({"batch_size": 0}, "batch_size"),
     ],
 )
 def test_bad_arguments_are_named(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         dissect(model, ["features"], exact_segmenter(), **kwargs)
+
+
+def test_examples_are_the_gallery_units_top_samples_redrawn_by_brute_force(model):
+    n, bs, k, top_n = 50, 16, 3, 4
+    report = dissect(
+        model, ["features"], exact_segmenter(), num_samples=n, batch_size=bs, top_k=k, top_n=top_n
+    )
+    acts, images = all_activations(model, n, bs, 0)
+    layer = report.layers["features"]
+    chosen = sorted(layer.units, key=lambda u: (not u.interpretable, -u.iou))[:top_n]
+    examples = report.examples["features"]
+    assert [e.unit for e in examples] == [u.unit for u in chosen]
+    for u, e in zip(chosen, examples, strict=True):
+        assert isinstance(e, UnitExamples)
+        assert e.images.dtype == torch.float32 and e.images.device.type == "cpu"
+        assert torch.equal(e.images, images[u.top_samples])
+        up = upsample_activations(acts[u.top_samples, u.unit : u.unit + 1], (32, 32))[:, 0]
+        assert e.masks.dtype == torch.bool and e.masks.shape == (k, 32, 32)
+        assert torch.equal(e.masks, up > u.threshold)
+
+
+def test_examples_are_left_out_of_json_equality_and_repr(model):
+    plain = dissect(model, ["features"], exact_segmenter(), num_samples=16, batch_size=8, top_k=2)
+    shown = dissect(
+        model, ["features"], exact_segmenter(), num_samples=16, batch_size=8, top_k=2, top_n=2
+    )
+    assert plain.examples == {} and len(shown.examples["features"]) == 2
+    assert shown == plain
+    assert shown.to_json() == plain.to_json()
+    assert repr(shown) == repr(plain)
+    assert DissectionReport.from_json(shown.to_json()).examples == {}
+    # Without top samples there is nothing to show.
+    none = dissect(
+        model, ["features"], exact_segmenter(), num_samples=16, batch_size=8, top_k=0, top_n=2
+    )
+    assert none.examples == {}
+
+
+def test_an_analysed_generator_is_dissected_like_its_module(model):
+    wrapped = AnalysedGenerator(model)
+    a = dissect(wrapped, ["features"], exact_segmenter(), num_samples=16, batch_size=8)
+    b = dissect(model, ["features"], exact_segmenter(), num_samples=16, batch_size=8)
+    assert a == b

@@ -60,6 +60,7 @@ def test_callback_under_ddp_spawn_writes_once_and_matches_one_process(tmp_path):
             ["generator.layer2"],
             load_toy_segmenter(),
             every_n_train_steps=2,
+            on_train_start=True,
             num_samples=24,
             batch_size=8,
             top_k=2,

@@ -179,9 +179,9 @@ def test_descriptors_reject_bad_arguments() -> None:
         ValueError, match=r"`level` to have shape \[B, C, S, S\] with S >= patch_size"
     ):
         sample_descriptors(torch.zeros(1, 3, 5, 5))
-    with pytest.raises(ValueError, match=r"`num_per_image` to be a positive int, but got 0"):
+    with pytest.raises(ValueError, match=r"`num_per_image` to be an int ≥ 1, but got 0"):
         sample_descriptors(level, num_per_image=0)
-    with pytest.raises(ValueError, match=r"`patch_size` to be a positive int, but got 2.5"):
+    with pytest.raises(ValueError, match=r"`patch_size` to be an int ≥ 1, but got 2.5"):
         sample_descriptors(level, patch_size=2.5)  # type: ignore[arg-type]
 
 
@@ -266,7 +266,7 @@ def test_sliced_wasserstein_rejects_bad_arguments() -> None:
         sliced_wasserstein(a, torch.zeros(0, 3))
     with pytest.raises(ValueError, match=r"same number of columns D, but got 3 and 2"):
         sliced_wasserstein(a, torch.zeros(4, 2))
-    with pytest.raises(ValueError, match=r"`num_projections` to be a positive int, but got 0"):
+    with pytest.raises(ValueError, match=r"`num_projections` to be an int ≥ 1, but got 0"):
         sliced_wasserstein(a, a, num_projections=0)
 
 

@@ -92,7 +92,11 @@ BAD = [
         TypeError,
         "Expected argument `activations` to be a float tensor, but got torch.int64.",
     ),
-    (lambda: upsample_activations(ONE, (4, 0)), ValueError, "a pair of positive ints (height, width)"),
+    (
+        lambda: upsample_activations(ONE, (4, 0)),
+        ValueError,
+        "a pair of positive ints (height, width)",
+    ),
     (
         lambda: upsample_activations(ONE, 4),
         ValueError,

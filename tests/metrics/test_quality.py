@@ -204,7 +204,7 @@ def test_fid_rejects_bad_extractors_and_arguments() -> None:
         make_fid(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"shape \[B, d\], but got \[1, 8, 7, 7\]"):
         make_fid(nn.Conv2d(3, 8, 3, stride=2), input_img_size=(3, 16, 16))
-    with pytest.raises(ValueError, match=r"`num_features` to be a positive int, but got 0"):
+    with pytest.raises(ValueError, match=r"`num_features` to be an int ≥ 1, but got 0"):
         make_fid(_extractor(), num_features=0)
     with pytest.raises(ValueError, match=r"Expected no \['normalize'\] in the keyword arguments"):
         make_fid(_extractor(), normalize=False)

@@ -258,9 +258,9 @@ def test_compute_without_real_images_names_the_fix() -> None:
         ({"image_size": 8}, r"`image_size` to be a power of two >= 16, but got 8"),
         (
             {"image_size": 32, "max_descriptors": 0},
-            r"`max_descriptors` to be a positive int, but got 0",
+            r"`max_descriptors` to be an int ≥ 1, but got 0",
         ),
-        ({"image_size": 32, "seed": -1}, r"`seed` to be a non-negative int, but got -1"),
+        ({"image_size": 32, "seed": -1}, r"`seed` to be an int ≥ 0, but got -1"),
         ({"image_size": 32, "reset_real_features": 1}, r"`reset_real_features` to be a bool"),
     ],
 )

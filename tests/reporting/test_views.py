@@ -14,8 +14,14 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
-from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
+from gan_dissect_callbacks.engines.dissection import (
+    DissectionReport,
+    LayerReport,
+    UnitExamples,
+    UnitReport,
+)
 from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.dissection import unit_galleries
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import to_unit_range
 from gan_dissect_callbacks.reporting.layouts import (
@@ -210,6 +216,30 @@ def test_gallery_rejects_bad_input() -> None:
         GalleryRow("empty", torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"`masks` to have shape"):
         GalleryRow("bad", torch.zeros(2, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool))
+
+
+def test_unit_galleries_draw_the_examples_the_report_carries() -> None:
+    units = [unit(0, "sky", 0.31), unit(1, "tree", 0.05, interpretable=False), unit(2, "sun")]
+    layer = LayerReport("g.l3", 3, units, [])
+    images = random_images(4, size=8, seed=1)
+    examples = [
+        UnitExamples(0, images[:2], images[:2, 0] > 0),
+        UnitExamples(1, images[2:], images[2:, 1] > 0),
+    ]
+    report = DissectionReport(
+        {"g.l3": layer, "g.l4": LayerReport("g.l4", 0, [], [])}, SCENE_VOCABULARY, 8, 0,
+        "quantile", 0.99, 0.04, [], examples={"g.l3": examples},
+    )  # fmt: skip
+    galleries = unit_galleries(report)
+    assert list(galleries) == ["g.l3"]  # a layer without examples has no gallery
+    expected = unit_gallery(
+        [
+            GalleryRow("g.l3 #0 sky IoU 0.31", images[:2], images[:2, 0] > 0),
+            GalleryRow("g.l3 #1 (tree) IoU 0.05", images[2:], images[2:, 1] > 0),
+        ]
+    )
+    assert torch.equal(galleries["g.l3"], expected)
+    assert unit_galleries(DissectionReport.from_json(report.to_json())) == {}
 
 
 # --------------------------------------------------------------------------------- chart
@@ -411,6 +441,18 @@ def test_scalar_tags_follow_the_callback_scheme() -> None:
         "dissection/g.l3/label_stability",
         "dissection/g.l3/mean_best_iou",
     ]
+
+
+def test_a_named_dissection_has_its_own_tags_and_layout_sections() -> None:
+    tags = layer_scalar_tags("g.l3", ["object"], prefix="dissection_ema")
+    assert tags["distinct_concepts"] == "dissection_ema/g.l3/distinct_concepts"
+    layout = custom_scalars_layout(["g.l3"], ["object"], prefix="dissection_ema")
+    assert list(layout) == ["dissection_ema (all layers)", "dissection_ema: g.l3"]
+    patterns = layout["dissection_ema: g.l3"]["interpretable units by category"][1]
+    assert matched(patterns, ["dissection/g.l3/interpretable_units/total"]) == set()
+    assert matched(patterns, ["dissection_ema/g.l3/interpretable_units/total"])
+    with pytest.raises(ValueError, match=r"`prefix` to be a sequence of non-empty strings"):
+        layer_scalar_tags("g.l3", ["object"], prefix="")
 
 
 def test_layout_is_accepted_by_summary_writer(tmp_path: object) -> None:

@@ -5,23 +5,24 @@ training) and the ``gan-dissect`` command (post hoc), so both produce the same v
 
 * :func:`summarise` turns a report into the numbers that are plotted over training (and the
   unit labels needed for label stability at the next dissection);
-* :func:`unit_galleries` redraws each layer's best units' top-activating samples;
+* :func:`scalar_values` names those numbers with their scalar tags;
+* :func:`unit_galleries` draws each layer's gallery from the example images the report carries
+  (``report.examples``, see ``dissect(..., top_n=...)``); no model runs here;
 * :func:`log_dissection` writes scalars, histograms, images and text to one ``SummaryWriter``.
+
+Every tag starts with ``prefix``, the analysis's name: ``"dissection"`` unless several
+dissections are logged side by side.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gan_dissect_callbacks.engines.dissection import DissectionReport
-from gan_dissect_callbacks.engines.sampling import LatentSampler, latents_for, rng_isolated
-from gan_dissect_callbacks.functional.upsample import upsample_activations
-from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode
 from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery
 from gan_dissect_callbacks.reporting.layouts import (
@@ -30,6 +31,9 @@ from gan_dissect_callbacks.reporting.layouts import (
     layer_scalar_tags,
 )
 from gan_dissect_callbacks.reporting.tables import units_markdown
+
+if TYPE_CHECKING:
+    from gan_dissect_callbacks.engines.dissection import DissectionReport, UnitReport
 
 __all__ = ["log_dissection", "scalar_values", "summarise", "unit_galleries"]
 
@@ -68,11 +72,20 @@ def summarise(
     return {"step": report.step, "layers": layers}
 
 
-def scalar_values(summary: Mapping[str, Any], categories: Sequence[str]) -> dict[str, float]:
-    """The scalar tags and values of a :func:`summarise` result (label stability only if known)."""
+def scalar_values(
+    summary: Mapping[str, Any], categories: Sequence[str], *, prefix: str = "dissection"
+) -> dict[str, float]:
+    """The scalar tags and values of a :func:`summarise` result (label stability only if known).
+
+    Example:
+        >>> summary = {"layers": {"layer3": {"interpretable_units": {"object": 2}, "total": 2,
+        ...     "distinct_concepts": 1, "mean_best_iou": 0.25, "label_stability": None}}}
+        >>> scalar_values(summary, ["object"], prefix="ema")
+        {'ema/layer3/interpretable_units/object': 2.0, 'ema/layer3/interpretable_units/total': 2.0, 'ema/layer3/distinct_concepts': 1.0, 'ema/layer3/mean_best_iou': 0.25}
+    """  # noqa: E501
     scalars: dict[str, float] = {}
     for name, numbers in summary["layers"].items():
-        tags = layer_scalar_tags(name, categories)
+        tags = layer_scalar_tags(name, categories, prefix=prefix)
         for category, count in numbers["interpretable_units"].items():
             scalars[tags[f"interpretable_units/{category}"]] = float(count)
         scalars[tags["interpretable_units/total"]] = float(numbers["total"])
@@ -83,56 +96,31 @@ def scalar_values(summary: Mapping[str, Any], categories: Sequence[str]) -> dict
     return scalars
 
 
-@torch.no_grad()
-def unit_galleries(
-    model: nn.Module,
-    report: DissectionReport,
-    *,
-    sampler: LatentSampler,
-    generate: Callable[[Tensor], Tensor],
-    batch_size: int,
-    num_units: int = 12,
-) -> dict[str, Tensor]:
-    """Per layer, a gallery of its best units (interpretable first, by IoU) and their top samples.
+def _row_title(layer: str, unit: UnitReport) -> str:
+    iou = "" if math.isnan(unit.iou) else f" IoU {unit.iou:.2f}"
+    label = unit.concept if unit.interpretable else f"({unit.concept})"
+    return f"{layer} #{unit.unit} {label}{iou}"
 
-    The samples are redrawn from the report's seed, so the report needs only their indices. The
-    pass is harmless like the dissection itself (eval mode restored, RNG forked, no gradients).
+
+def unit_galleries(report: DissectionReport) -> dict[str, Tensor]:
+    """Per layer with examples, a gallery of its best units and their top samples.
+
+    One row per :class:`~gan_dissect_callbacks.engines.dissection.UnitExamples` of
+    ``report.examples[layer]`` (the order :func:`dissect` chose: interpretable units first, by
+    IoU), titled ``"{layer} #{unit} {concept} IoU 0.23"`` (the concept in parentheses when the
+    unit is not interpretable). A report without examples (``top_n=0``, or read from JSON) gives
+    no gallery.
+
+    Returns:
+        ``{layer: [3, H, W] image in [0, 1]}``, see
+        :func:`~gan_dissect_callbacks.reporting.galleries.unit_gallery`.
     """
     galleries: dict[str, Tensor] = {}
-    if num_units <= 0:
-        return galleries
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for name, layer in report.layers.items():
-        chosen = sorted(layer.units, key=lambda u: (not u.interpretable, -u.iou))[:num_units]
-        indices = sorted({i for u in chosen for i in u.top_samples})
-        if not indices:
+    for name, examples in report.examples.items():
+        if not examples:
             continue
-        position = {i: p for p, i in enumerate(indices)}
-        images_list, acts_list = [], []
-        with rng_isolated(device), eval_mode(model):
-            latents = latents_for(
-                sampler, indices, report.num_samples, batch_size, seed=report.seed
-            )
-            for start in range(0, len(indices), batch_size):
-                with capture_activations(model, [name]) as acts:
-                    images_list.append(generate(latents[start : start + batch_size]).float())
-                acts_list.append(acts[name].float())
-        images = torch.cat(images_list)
-        featuremaps = torch.cat(acts_list)
-        rows = []
-        for u in chosen:
-            pick = torch.tensor([position[i] for i in u.top_samples], device=featuremaps.device)
-            r = featuremaps[pick, u.unit : u.unit + 1]
-            masks = upsample_activations(r, tuple(images.shape[-2:]))[:, 0] > u.threshold
-            iou = "" if math.isnan(u.iou) else f" IoU {u.iou:.2f}"
-            label = u.concept if u.interpretable else f"({u.concept})"
-            rows.append(
-                GalleryRow(
-                    title=f"{name} #{u.unit} {label}{iou}",
-                    images=images[pick].cpu(),
-                    masks=masks.cpu(),
-                )
-            )
+        units = {u.unit: u for u in report.layers[name].units}
+        rows = [GalleryRow(_row_title(name, units[e.unit]), e.images, e.masks) for e in examples]
         galleries[name] = unit_gallery(rows)
     return galleries
 
@@ -142,29 +130,36 @@ def log_dissection(
     report: DissectionReport,
     summary: Mapping[str, Any],
     *,
-    galleries: Mapping[str, Tensor] | None = None,
     write_layout: bool = False,
+    prefix: str = "dissection",
 ) -> None:
-    """Write one dissection to a TensorBoard ``SummaryWriter`` at step ``summary["step"]``."""
+    """Write one dissection to a TensorBoard ``SummaryWriter`` at step ``summary["step"]``.
+
+    Scalars (:func:`scalar_values`), per layer a histogram of the units' best IoU, the unit-class
+    chart, the units table and, when the report carries examples, the gallery
+    (:func:`unit_galleries`); with ``write_layout`` also the custom-scalars layout. The caller
+    flushes (``ReportOutput.tensorboard()`` does).
+    """
     step = int(summary["step"] or 0)
     vocabulary = report.vocabulary
     if write_layout:
-        writer.add_custom_scalars(custom_scalars_layout(list(report.layers), vocabulary.categories))
-    for tag, value in scalar_values(summary, vocabulary.categories).items():
+        layout = custom_scalars_layout(list(report.layers), vocabulary.categories, prefix=prefix)
+        writer.add_custom_scalars(layout)
+    for tag, value in scalar_values(summary, vocabulary.categories, prefix=prefix).items():
         writer.add_scalar(tag, value, global_step=step)
+    galleries = unit_galleries(report)
     for name, layer in report.layers.items():
-        prefix = f"dissection/{name}"
-        writer.add_histogram(f"{prefix}/best_iou", torch.tensor([u.iou for u in layer.units]), step)
+        tag = f"{prefix}/{name}"
+        writer.add_histogram(f"{tag}/best_iou", torch.tensor([u.iou for u in layer.units]), step)
         writer.add_image(
-            f"{prefix}/unit_classes",
+            f"{tag}/unit_classes",
             figure_to_image(category_chart(layer, vocabulary)),
             global_step=step,
         )
         writer.add_text(
-            f"{prefix}/units",
+            f"{tag}/units",
             units_markdown(layer, categories=vocabulary.categories),
             global_step=step,
         )
-        if galleries and name in galleries:
-            writer.add_image(f"{prefix}/gallery", galleries[name], global_step=step)
-    writer.flush()
+        if name in galleries:
+            writer.add_image(f"{tag}/gallery", galleries[name], global_step=step)

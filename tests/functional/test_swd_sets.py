@@ -1,0 +1,88 @@
+"""The SWD of many descriptor sets at once: each set's value equals the functional SWD of that set
+alone (same directions), whatever the chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gan_dissect_callbacks.engines import artifacts
+from gan_dissect_callbacks.functional import swd_sets
+from gan_dissect_callbacks.functional.swd import (
+    random_directions,
+    sliced_wasserstein,
+    swd_from_descriptors,
+)
+from gan_dissect_callbacks.functional.swd_sets import unit_swd_scores
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    m=st.integers(1, 30),
+    sets=st.integers(1, 4),
+    dim=st.integers(1, 6),
+    projections=st.integers(1, 9),
+    block=st.sampled_from([1 << 23, 7, 64]),
+    seed=st.integers(0, 10_000),
+)
+def test_batched_sliced_w1_equals_sliced_wasserstein_of_each_set(
+    n: int, m: int, sets: int, dim: int, projections: int, block: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(n, dim, generator=g)
+    fakes = torch.randn(sets, m, dim, generator=g) ** 3
+    directions = random_directions(dim, projections, torch.Generator().manual_seed(seed))
+    previous = swd_sets._BLOCK_ELEMENTS
+    swd_sets._BLOCK_ELEMENTS = block  # tiny blocks force every chunking path
+    try:
+        got = swd_sets._batched_sliced_w1(real, fakes, directions)
+    finally:
+        swd_sets._BLOCK_ELEMENTS = previous
+    for i in range(sets):
+        expected = sliced_wasserstein(
+            real, fakes[i], projections, torch.Generator().manual_seed(seed)
+        )
+        assert got[i].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    num_real=st.integers(1, 30),
+    num_images=st.integers(1, 8),
+    per_image=st.integers(1, 5),
+    units=st.integers(1, 5),
+    k=st.integers(1, 4),
+    levels=st.integers(1, 2),
+    seed=st.integers(0, 10_000),
+)
+def test_unit_swd_scores_equal_the_swd_of_each_units_own_images(
+    num_real: int, num_images: int, per_image: int, units: int, k: int, levels: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    resolutions = [32, 16][:levels]
+    real = {r: torch.randn(num_real, 3, 7, 7, generator=g) for r in resolutions}
+    images = {r: torch.randn(num_images, per_image, 147, generator=g) ** 3 for r in resolutions}
+    top = torch.randint(0, num_images, (units, k), generator=g)
+    got = unit_swd_scores(real, images, top, 12, torch.Generator().manual_seed(seed))
+    for u in range(units):
+        own = {r: images[r][top[u]].reshape(-1, 3, 7, 7) for r in resolutions}
+        expected = swd_from_descriptors(real, own, 12, torch.Generator().manual_seed(seed))
+        assert got[u].item() == pytest.approx(expected.average.item(), rel=1e-5, abs=1e-4)
+
+
+def test_unit_swd_scores_refuses_mismatched_levels_and_bad_indices() -> None:
+    real = {16: torch.randn(4, 3, 7, 7)}
+    images = {16: torch.randn(2, 3, 147)}
+    with pytest.raises(ValueError, match="same, non-empty set of levels"):
+        unit_swd_scores(real, {32: images[16]}, torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="index the 2 images"):
+        unit_swd_scores(real, images, torch.tensor([[2]]))
+    with pytest.raises(ValueError, match=r"`top_samples` to have shape \[U, k\]"):
+        unit_swd_scores(real, images, torch.tensor([0, 1]))
+
+
+def test_unit_swd_scores_is_still_importable_from_the_artifact_engine() -> None:
+    assert artifacts.unit_swd_scores is unit_swd_scores
