@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
 
+from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
+from gan_dissect_callbacks.engines.sampling import LatentSampler
 
 __all__ = ["ScheduledAnalysis"]
 
@@ -46,6 +50,13 @@ class ScheduledAnalysis(pl.Callback, ABC):
         name: the analysis's name: the prefix of its TensorBoard tags and the folder of its
             reports (default: the analysis's own, e.g. ``"dissection"``). Give each of several
             callbacks of one kind its own; it then also makes their ``state_key`` distinct.
+        generator: the generator analysed: ``None`` for the LightningModule itself, the dotted
+            name of a submodule (``"generator_ema"``), or an ``nn.Module`` kept outside it. Layer
+            names are relative to it.
+        generate: latents → images in ``[-1, 1]``; by default the analysed module's forward.
+        sample_latents: ``(n, generator) → latents``; by default the analysed module's (or the
+            LightningModule's) ``sample_latents``, or standard normal latents of ``latent_dim``.
+        latent_dim: latent size, when the modules do not say.
 
     Example:
         >>> class StepRecorder(ScheduledAnalysis):
@@ -77,6 +88,10 @@ class ScheduledAnalysis(pl.Callback, ABC):
         on_train_end: bool = False,
         raise_on_error: bool = False,
         name: str | None = None,
+        generator: str | nn.Module | None = None,
+        generate: Callable[[Tensor], Tensor] | None = None,
+        sample_latents: LatentSampler | None = None,
+        latent_dim: int | None = None,
     ) -> None:
         super().__init__()
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
@@ -92,6 +107,11 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self.run_on_train_end = on_train_end
         self.raise_on_error = raise_on_error
         self.name = name
+        self.generator = generator
+        self.generate = generate
+        self.sample_latents = sample_latents
+        self.latent_dim = check_int(latent_dim, "latent_dim", optional=True)
+        self._generator: AnalysedGenerator | None = None
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
 
@@ -99,6 +119,16 @@ class ScheduledAnalysis(pl.Callback, ABC):
     def analysis_name(self) -> str:
         """The tag prefix and report folder: ``name``, or the analysis's default."""
         return self.name if self.name is not None else self._default_name
+
+    @property
+    def analysed_generator(self) -> AnalysedGenerator:
+        """The generator this callback analyses, found in ``setup``."""
+        if self._generator is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no generator yet: attach it to a Trainer, whose "
+                "`setup` finds the generator on the LightningModule."
+            )
+        return self._generator
 
     def _state_key_of(self, **identity: Any) -> str:
         """A ``state_key`` from the identifying arguments, plus ``name`` when one was given."""
@@ -113,6 +143,13 @@ class ScheduledAnalysis(pl.Callback, ABC):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._generator = AnalysedGenerator.of(
+            pl_module,
+            self.generator,
+            generate=self.generate,
+            sample_latents=self.sample_latents,
+            latent_dim=self.latent_dim,
+        )
         if not trainer.loggers:
             folder = analysis_dir(trainer, self.analysis_name)
             where = f"; JSON reports are still written under {folder}" * self._writes_reports

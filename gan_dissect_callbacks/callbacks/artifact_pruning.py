@@ -79,7 +79,6 @@ from gan_dissect_callbacks.engines.artifacts import (
     score_units,
     verify_ablation,
 )
-from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.artifacts import check_grids, check_scalars, log_artifacts
 
@@ -175,6 +174,10 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             on_train_end=on_train_end,
             raise_on_error=raise_on_error,
             name=name,
+            generator=generator,
+            generate=generate,
+            sample_latents=sample_latents,
+            latent_dim=latent_dim,
         )
         self.layer = check_name(layer, "layer")
         check_real_source(real_images)
@@ -214,15 +217,10 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         self.seed = seed
         self.num_descriptors_per_image = num_descriptors_per_image
         self.num_projections = num_projections
-        self.generator = generator
-        self.generate = generate
-        self.sample_latents = sample_latents
-        self.latent_dim = latent_dim
         #: The persistent mask (empty until a verified pruning is kept).
         self.mask = PruningMask()
         self.last_scores: UnitArtifactScores | None = None
         self.last_ablation: AblationResult | None = None
-        self._generator: AnalysedGenerator | None = None
         self._real: Tensor | None = None
 
     @property
@@ -233,14 +231,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._generator = AnalysedGenerator.of(
-            pl_module,
-            self.generator,
-            generate=self.generate,
-            sample_latents=self.sample_latents,
-            latent_dim=self.latent_dim,
-        )
-        self._generator.check_layers([self.layer])  # raises with the list of valid names
+        self.analysed_generator.check_layers([self.layer])  # raises with the list of valid names
         if (
             self.method == "discriminator"
             and resolve_discriminator(pl_module, self.discriminator) is None
@@ -308,8 +299,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
     def _decide(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
     ) -> dict[str, Any]:
-        g = self._generator
-        assert g is not None, "setup() runs before any check"
+        g = self.analysed_generator
         if self._real is None:
             self._real = draw_real_images(
                 self.real_images, trainer, pl_module, self.num_real, self.seed

@@ -54,7 +54,6 @@ from gan_dissect_callbacks.arguments import (
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
 from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
-from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.dissection import log_dissection, scalar_values, summarise
 from gan_dissect_callbacks.reporting.writing import ReportOutput
@@ -138,6 +137,10 @@ class DissectionCallback(ScheduledAnalysis):
             on_train_end=on_train_end,
             raise_on_error=raise_on_error,
             name=name,
+            generator=generator,
+            generate=generate,
+            sample_latents=sample_latents,
+            latent_dim=latent_dim,
         )
         self.layers = check_layer_names(layers)
         self.segmenter = check_segmenter(segmenter)
@@ -149,13 +152,8 @@ class DissectionCallback(ScheduledAnalysis):
         self.iou_cutoff = check_fraction(iou_cutoff, "iou_cutoff", closed_low=True)
         self.top_k = check_int(top_k, "top_k", minimum=0)
         self.top_n = check_int(top_n, "top_n", minimum=0)
-        self.generator = generator
-        self.generate = generate
-        self.sample_latents = sample_latents
-        self.latent_dim = check_int(latent_dim, "latent_dim", optional=True)
         self.metric_kwargs = dict(metric_kwargs or {})
         self.last_report: DissectionReport | None = None
-        self._generator: AnalysedGenerator | None = None
         self._layout_written = False
 
     @property
@@ -165,27 +163,18 @@ class DissectionCallback(ScheduledAnalysis):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._generator = AnalysedGenerator.of(
-            pl_module,
-            self.generator,
-            generate=self.generate,
-            sample_latents=self.sample_latents,
-            latent_dim=self.latent_dim,
-        )
-        self._generator.check_layers(self.layers)  # an unknown name lists the valid ones
-        super().setup(trainer, pl_module, stage)  # warns when there is no logger
+        super().setup(trainer, pl_module, stage)  # finds the generator; warns without a logger
+        self.analysed_generator.check_layers(self.layers)  # an unknown name lists the valid ones
 
     # ------------------------------------------------------------------ the analysis
 
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Dissect at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
-        if self._generator is None:
-            raise RuntimeError("DissectionCallback ran before `setup`; attach it to a Trainer.")
         output = report_output(trainer, self.analysis_name)
         # Only the process that logs to TensorBoard draws the gallery's examples.
         shown = self.top_n if trainer.is_global_zero and output.writers else 0
         report = dissect(
-            self._generator,
+            self.analysed_generator,
             self.layers,
             self.segmenter,
             num_samples=self.num_samples,

@@ -61,7 +61,6 @@ from gan_dissect_callbacks.arguments import (
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
 from gan_dissect_callbacks.engines.dissection import dissect
-from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.intervention import (
     ConceptAbsentError,
     NoInsertionSiteError,
@@ -176,6 +175,10 @@ class InterventionCallback(ScheduledAnalysis):
             on_train_end=on_train_end,
             raise_on_error=raise_on_error,
             name=name,
+            generator=generator,
+            generate=generate,
+            sample_latents=sample_latents,
+            latent_dim=latent_dim,
         )
         check_name(layer, "layer", example="'generator.layer2'")
         if isinstance(concepts, str) or not concepts:
@@ -233,11 +236,6 @@ class InterventionCallback(ScheduledAnalysis):
         self.dissect_samples = dissect_samples
         self.rule = rule
         self.quantile = quantile
-        self.generator = generator
-        self.generate = generate
-        self.sample_latents = sample_latents
-        self.latent_dim = latent_dim
-        self._generator: AnalysedGenerator | None = None
 
     @property
     def state_key(self) -> str:
@@ -246,25 +244,10 @@ class InterventionCallback(ScheduledAnalysis):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._generator = AnalysedGenerator.of(
-            pl_module,
-            self.generator,
-            generate=self.generate,
-            sample_latents=self.sample_latents,
-            latent_dim=self.latent_dim,
-        )
-        self._generator.check_layers([self.layer])  # an unknown name lists the valid ones
-        super().setup(trainer, pl_module, stage)  # warns when there is no logger
+        super().setup(trainer, pl_module, stage)  # finds the generator; warns without a logger
+        self.analysed_generator.check_layers([self.layer])  # an unknown name lists the valid ones
 
     # ------------------------------------------------------------------ the analysis
-
-    @property
-    def _analysed(self) -> AnalysedGenerator:
-        if self._generator is None:
-            raise RuntimeError(
-                "InterventionCallback: no generator yet; Lightning calls `setup` before training."
-            )
-        return self._generator
 
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Analyse at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
@@ -300,7 +283,7 @@ class InterventionCallback(ScheduledAnalysis):
         if given is not None and self.layer in given.layers:
             return given, f"DissectionCallback (step {given.step})"
         report = dissect(
-            self._analysed,
+            self.analysed_generator,
             [self.layer],
             self.segmenter,
             num_samples=self.dissect_samples,
@@ -324,7 +307,7 @@ class InterventionCallback(ScheduledAnalysis):
                 "at this step, so its intervention was skipped."
             )
             return None, None
-        g, layer, seg = self._analysed, self.layer, self.segmenter
+        g, layer, seg = self.analysed_generator, self.layer, self.segmenter
         sampled: dict[str, Any] = {
             "num_samples": self.num_samples,
             "batch_size": self.batch_size,
@@ -402,7 +385,7 @@ class InterventionCallback(ScheduledAnalysis):
 
     def _patches(self) -> tuple[Tensor, Tensor]:
         """The patch grid P at the layer's featuremap resolution, and a centred patch."""
-        _, h, w = self._analysed.featuremap_shape(self.layer, seed=self.seed)
+        _, h, w = self.analysed_generator.featuremap_shape(self.layer, seed=self.seed)
         side = self.patch_size if self.patch_size is not None else max(1, min(h, w) // 4)
         if side > min(h, w):
             raise ValueError(

@@ -30,7 +30,6 @@ from gan_dissect_callbacks.callbacks._real_images import (
 )
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
-from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.metrics.quality import DiscriminatorScore
 from gan_dissect_callbacks.metrics.swd import SlicedWassersteinDistance
@@ -108,6 +107,10 @@ class QualityMonitor(ScheduledAnalysis):
             on_train_end=on_train_end,
             raise_on_error=raise_on_error,
             name=name,
+            generator=generator,
+            generate=generate,
+            sample_latents=sample_latents,
+            latent_dim=latent_dim,
         )
         check_real_source(real_images)
         for label, value in (
@@ -125,11 +128,6 @@ class QualityMonitor(ScheduledAnalysis):
         self.discriminator = discriminator
         self.num_descriptors_per_image = num_descriptors_per_image
         self.num_projections = num_projections
-        self.generator = generator
-        self.generate = generate
-        self.sample_latents = sample_latents
-        self.latent_dim = latent_dim
-        self._generator: AnalysedGenerator | None = None
         self._swd: SlicedWassersteinDistance | None = None
 
     @property
@@ -138,13 +136,6 @@ class QualityMonitor(ScheduledAnalysis):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._generator = AnalysedGenerator.of(
-            pl_module,
-            self.generator,
-            generate=self.generate,
-            sample_latents=self.sample_latents,
-            latent_dim=self.latent_dim,
-        )
         resolve_discriminator(pl_module, self.discriminator)  # an unknown name fails here
 
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
@@ -157,8 +148,7 @@ class QualityMonitor(ScheduledAnalysis):
         )
 
     def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        g = self._generator
-        assert g is not None, "setup() runs before any measurement"
+        g = self.analysed_generator
         if self._swd is None:
             real = draw_real_images(self.real_images, trainer, pl_module, self.num_real, self.seed)
             # Keep every descriptor (no reservoir) and sync nothing: rank 0 measures alone.
