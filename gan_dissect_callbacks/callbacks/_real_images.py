@@ -2,7 +2,10 @@
 
 **Real images**: a tensor ``[N, 3, S, S]`` in ``[-1, 1]``, a function ``(n, generator) → images``,
 or (``None``) the first ``num_real`` images of the datamodule's (or the module's) training
-dataloader, drawn once with the global RNG forked and kept on the CPU.
+dataloader, drawn once and kept on the CPU. Drawing them advances no RNG that training uses: the
+global streams are forked, and every ``torch.Generator`` that the data module, the loader or its
+samplers hold (a loader built with ``generator=self.g`` and kept for the run, say) is put back
+to its state before the draw.
 
 **Discriminator**: a callable, a dotted submodule name of the LightningModule, ``None`` (none), or
 ``"auto"`` (``pl_module.discriminator`` if it is a module).
@@ -10,7 +13,8 @@ dataloader, drawn once with the global RNG forked and kept on the CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -89,15 +93,45 @@ def draw_real_images(
                     " train_dataloader(). Pass `real_images=` to the callback."
                 ) from err
         chunks, count = [], 0
-        for batch in loader:
-            images = _images_of(batch).detach().float().cpu()
-            chunks.append(images)
-            count += images.shape[0]
-            if count >= num:
-                break
+        with _generators_restored(datamodule, pl_module, loader):
+            for batch in loader:
+                images = _images_of(batch).detach().float().cpu()
+                chunks.append(images)
+                count += images.shape[0]
+                if count >= num:
+                    break
     if not chunks:
         raise ValueError("Expected the training dataloader to yield images, but it was empty.")
     return torch.cat(chunks)[:num]
+
+
+def _generators_of(*owners: Any) -> list[torch.Generator]:
+    """Every ``torch.Generator`` that ``owners``, their samplers and batch samplers hold."""
+    found: dict[int, torch.Generator] = {}
+    pending = list(owners)
+    for owner in owners:
+        for part in ("sampler", "batch_sampler"):
+            pending.append(getattr(owner, part, None))
+        pending.append(getattr(getattr(owner, "batch_sampler", None), "sampler", None))
+    for obj in pending:
+        if obj is None:
+            continue
+        values = vars(obj).values() if hasattr(obj, "__dict__") else ()
+        for value in values:
+            if isinstance(value, torch.Generator):
+                found[id(value)] = value
+    return list(found.values())
+
+
+@contextmanager
+def _generators_restored(*owners: Any) -> Iterator[None]:
+    """Put every ``torch.Generator`` of ``owners`` back to its state on exit."""
+    saved = [(g, g.get_state()) for g in _generators_of(*owners)]
+    try:
+        yield
+    finally:
+        for generator, state in saved:
+            generator.set_state(state)
 
 
 def resolve_discriminator(

@@ -16,7 +16,7 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
@@ -26,13 +26,12 @@ from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import LatentSampler
+from gan_dissect_callbacks.reporting.writing import ReportOutput
 
 __all__ = ["ScheduledAnalysis"]
 
-
-def _check_interval(value: object, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"Expected argument `{name}` to be None or an int ≥ 1, but got {value!r}.")
+#: The Lightning hooks an analysis can run in.
+Hook = Literal["start", "batch", "epoch", "end"]
 
 
 class ScheduledAnalysis(pl.Callback, ABC):
@@ -99,8 +98,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
                 f"Expected argument `name` to be None or a non-empty string without '/', such as "
                 f"'dissection_ema', but got {name!r}."
             )
-        _check_interval(every_n_train_steps, "every_n_train_steps")
-        _check_interval(every_n_epochs, "every_n_epochs")
+        every_n_train_steps = check_int(every_n_train_steps, "every_n_train_steps", optional=True)
+        every_n_epochs = check_int(every_n_epochs, "every_n_epochs", optional=True)
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self.run_on_train_start = on_train_start
@@ -114,6 +113,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self._generator: AnalysedGenerator | None = None
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
+        #: The hook whose analysis is running now (``None`` between analyses).
+        self._hook: Hook | None = None
 
     @property
     def analysis_name(self) -> str:
@@ -160,23 +161,18 @@ class ScheduledAnalysis(pl.Callback, ABC):
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_start and not self.history:
-            self._run(trainer, pl_module, batch_step(trainer) + 1)
+        self._run_if_due(trainer, pl_module, "start")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        step = batch_step(trainer) + 1
-        if self.every_n_train_steps and step % self.every_n_train_steps == 0:
-            self._run(trainer, pl_module, step)
+        self._run_if_due(trainer, pl_module, "batch")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._run(trainer, pl_module, batch_step(trainer) + 1)
+        self._run_if_due(trainer, pl_module, "epoch")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.run_on_train_end:
-            self._run(trainer, pl_module, batch_step(trainer) + 1)
+        self._run_if_due(trainer, pl_module, "end")
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -188,12 +184,67 @@ class ScheduledAnalysis(pl.Callback, ABC):
 
     # ------------------------------------------------------------------ running
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+    def _due(self, trainer: pl.Trainer, hook: Hook, step: int) -> bool:
+        """Whether the cadence asks for an analysis in ``hook`` at ``step``."""
+        if hook == "start":
+            return self.run_on_train_start and not self.history
+        if hook == "batch":
+            every = self.every_n_train_steps
+            return every is not None and step % every == 0
+        if hook == "epoch":
+            every = self.every_n_epochs
+            return every is not None and (trainer.current_epoch + 1) % every == 0
+        return self.run_on_train_end
+
+    def _run_if_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: Hook) -> None:
+        step = batch_step(trainer) + 1
+        if self._due(trainer, hook, step):
+            self._run(trainer, pl_module, step, hook)
+
+    def catch_up(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: Hook | None
+    ) -> None:
+        """Run now if this callback is due in ``hook`` at this step and has not run yet.
+
+        An analysis that uses this one's result (an intervention ranking units by this
+        dissection) calls it with the hook it runs in, so it sees the result of the same step
+        whatever the order of the callbacks; the once-per-step guard then skips this callback's
+        own call of that hook.
+        """
+        step = batch_step(trainer) + 1
+        if hook is not None and self._due(trainer, hook, step):
+            self._run(trainer, pl_module, step, hook)
+
+    def _run(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, hook: Hook = "batch"
+    ) -> None:
         if trainer.sanity_checking or step == self._last_step:
             return
         self._last_step = step
-        with self._reported(step):
-            self._analyse(trainer, pl_module, step)
+        self._hook = hook
+        try:
+            with self._reported(step):
+                self._analyse(trainer, pl_module, step)
+        finally:
+            self._hook = None
+
+    def _write_json_last(self, output: ReportOutput, step: int, payload: dict[str, Any]) -> None:
+        """Write the step's JSON report after its logger output, so a failed write loses no curve.
+
+        A file that cannot be written (a full disk, a read-only folder) becomes a warning that
+        says what was recorded and what was not; training goes on.
+        """
+        try:
+            output.write_json(step, payload)
+        except OSError as err:
+            if self.raise_on_error:
+                raise
+            rank_zero_warn(
+                f"{type(self).__name__}: the {self._what} at step {step} was logged to "
+                "TensorBoard and the other loggers, but its JSON report could not be written "
+                f"to {output.folder} ({type(err).__name__}: {err}); it is still in the callback's "
+                "history (and so in the next checkpoint)."
+            )
 
     @contextmanager
     def _reported(self, step: int) -> Iterator[None]:

@@ -181,15 +181,14 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         )
         self.layer = check_name(layer, "layer")
         check_real_source(real_images)
-        for label, value in (
-            ("num_samples", num_samples),
-            ("top_k", top_k),
-            ("top_n", top_n),
-            ("batch_size", batch_size),
-            ("num_descriptors_per_image", num_descriptors_per_image),
-            ("num_projections", num_projections),
-        ):
-            check_int(value, label)
+        num_samples = check_int(num_samples, "num_samples")
+        top_k = check_int(top_k, "top_k")
+        top_n = check_int(top_n, "top_n")
+        batch_size = check_int(batch_size, "batch_size")
+        num_descriptors_per_image = check_int(
+            num_descriptors_per_image, "num_descriptors_per_image"
+        )
+        num_projections = check_int(num_projections, "num_projections")
         self.num_seeds = check_int(num_seeds, "num_seeds", minimum=2)
         self.num_images = check_int(num_images, "num_images", minimum=0)
         self.num_real = check_int(num_real, "num_real", optional=True) or num_samples
@@ -382,11 +381,10 @@ class ArtifactPruningCallback(ScheduledAnalysis):
     def _write(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
         name, step = self.analysis_name, int(entry["step"])
         out = report_output(trainer, name)
-        out.write_json(step, entry)
         out.log_scalars(check_scalars(entry, name), step)
-        if not out.writers:
-            return
-        shown = min(self.top_k, _SHOWN_PER_UNIT)
-        grids = check_grids(self.last_ablation, self.last_scores, shown)
-        for writer in out.tensorboard():
-            log_artifacts(writer, entry, layer=self.layer, prefix=name, grids=grids)
+        if out.writers:
+            shown = min(self.top_k, _SHOWN_PER_UNIT)
+            grids = check_grids(self.last_ablation, self.last_scores, shown)
+            for writer in out.tensorboard():
+                log_artifacts(writer, entry, layer=self.layer, prefix=name, grids=grids)
+        self._write_json_last(out, step, entry)

@@ -54,6 +54,7 @@ from gan_dissect_callbacks.arguments import (
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
 from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
+from gan_dissect_callbacks.engines.dissection.report import DEFAULT_IQR_CUTOFF
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.dissection import log_dissection, scalar_values, summarise
 from gan_dissect_callbacks.reporting.writing import ReportOutput
@@ -81,7 +82,8 @@ class DissectionCallback(ScheduledAnalysis):
             so curves compare the same samples over training.
         rule: threshold rule of the labels, ``"quantile"`` or ``"iqr"``.
         quantile: quantile of the quantile rule (0.99: the top 1% of activations).
-        iou_cutoff: a unit is interpretable when its best IoU exceeds this.
+        iou_cutoff: a unit is interpretable when its best IoU exceeds this...
+        iqr_cutoff: ... and, under ``rule="iqr"``, its IQR with that concept exceeds this.
         top_k: top-activating samples kept per unit (gallery columns).
         top_n: units per layer shown in the gallery (interpretable first, best IoU first);
             0 disables it.
@@ -120,6 +122,7 @@ class DissectionCallback(ScheduledAnalysis):
         rule: str = "quantile",
         quantile: float = 0.99,
         iou_cutoff: float = 0.04,
+        iqr_cutoff: float = DEFAULT_IQR_CUTOFF,
         top_k: int = 8,
         top_n: int = 12,
         generator: str | nn.Module | None = None,
@@ -150,6 +153,7 @@ class DissectionCallback(ScheduledAnalysis):
         self.rule = check_choice(rule, "rule", THRESHOLD_RULES)
         self.quantile = check_fraction(quantile, "quantile")
         self.iou_cutoff = check_fraction(iou_cutoff, "iou_cutoff", closed_low=True)
+        self.iqr_cutoff = check_fraction(iqr_cutoff, "iqr_cutoff", closed_low=True)
         self.top_k = check_int(top_k, "top_k", minimum=0)
         self.top_n = check_int(top_n, "top_n", minimum=0)
         self.metric_kwargs = dict(metric_kwargs or {})
@@ -183,6 +187,7 @@ class DissectionCallback(ScheduledAnalysis):
             rule=self.rule,  # type: ignore[arg-type]
             quantile=self.quantile,
             iou_cutoff=self.iou_cutoff,
+            iqr_cutoff=self.iqr_cutoff,
             top_k=self.top_k,
             top_n=shown,
             metric_kwargs=self.metric_kwargs,
@@ -198,7 +203,6 @@ class DissectionCallback(ScheduledAnalysis):
 
     def _write(self, output: ReportOutput, report: DissectionReport, entry: dict[str, Any]) -> None:
         step = int(entry["step"])
-        output.write_json(step, report.to_dict())
         scalars = scalar_values(entry, report.vocabulary.categories, prefix=self.analysis_name)
         for logger in output.loggers:  # TensorBoard gets its scalars from log_dissection
             logger.log_metrics(scalars, step=step)
@@ -211,3 +215,4 @@ class DissectionCallback(ScheduledAnalysis):
                 prefix=self.analysis_name,
             )
         self._layout_written = self._layout_written or bool(output.writers)
+        self._write_json_last(output, step, report.to_dict())

@@ -194,18 +194,15 @@ class InterventionCallback(ScheduledAnalysis):
                 f"Unknown concept(s) {unknown} in argument `concepts`. Known concepts: "
                 f"{', '.join(known)}."
             )
-        check_int(patch_size, "patch_size", optional=True)
-        for arg, value, minimum in (
-            ("num_samples", num_samples, 1),
-            ("batch_size", batch_size, 1),
-            ("top_n", top_n, 1),
-            ("max_ablated_units", max_ablated_units, 1),
-            ("num_random", num_random, 0),
-            ("alpha_steps", alpha_steps, 0),
-            ("num_images", num_images, 0),
-            ("dissect_samples", dissect_samples, 1),
-        ):
-            check_int(value, arg, minimum=minimum)
+        patch_size = check_int(patch_size, "patch_size", optional=True)
+        num_samples = check_int(num_samples, "num_samples")
+        batch_size = check_int(batch_size, "batch_size")
+        top_n = check_int(top_n, "top_n")
+        max_ablated_units = check_int(max_ablated_units, "max_ablated_units")
+        num_random = check_int(num_random, "num_random", minimum=0)
+        alpha_steps = check_int(alpha_steps, "alpha_steps", minimum=0)
+        num_images = check_int(num_images, "num_images", minimum=0)
+        dissect_samples = check_int(dissect_samples, "dissect_samples")
         if isinstance(log_points, str) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in log_points
         ):
@@ -213,7 +210,7 @@ class InterventionCallback(ScheduledAnalysis):
                 f"Expected argument `log_points` to be a list of ints ≥ 1, but got {log_points!r}."
             )
         check_choice(rule, "rule", THRESHOLD_RULES)
-        check_fraction(quantile, "quantile")
+        quantile = check_fraction(quantile, "quantile")
         if dissection is not None and not hasattr(dissection, "last_report"):
             raise TypeError(
                 "Expected argument `dissection` to be None or a DissectionCallback, but got "
@@ -251,7 +248,7 @@ class InterventionCallback(ScheduledAnalysis):
 
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Analyse at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
-        report, source = self._ranking_report(step)
+        report, source = self._ranking_report(trainer, pl_module, step)
         concepts: dict[str, Any] = {}
         images: dict[str, dict[str, Tensor]] = {}
         for concept in self.concepts:
@@ -270,15 +267,20 @@ class InterventionCallback(ScheduledAnalysis):
         self.history.append(entry)
         if trainer.is_global_zero:
             out = report_output(trainer, self.analysis_name)
-            out.write_json(step, report_payload(entry))
             out.log_scalars(
                 intervention_scalars(entry, self.log_points, name=self.analysis_name), step
             )
             for writer in out.tensorboard():
                 log_intervention(writer, entry, images, name=self.analysis_name)
+            self._write_json_last(out, step, report_payload(entry))
 
-    def _ranking_report(self, step: int) -> tuple[DissectionReport, str]:
+    def _ranking_report(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
+    ) -> tuple[DissectionReport, str]:
         """The dissection that ranks the units: the given callback's, or a fresh one."""
+        if self.dissection is not None:
+            # Due at this step too? Then run it first, whatever the order of the callbacks.
+            self.dissection.catch_up(trainer, pl_module, self._hook)
         given = self.dissection.last_report if self.dissection is not None else None
         if given is not None and self.layer in given.layers:
             return given, f"DissectionCallback (step {given.step})"

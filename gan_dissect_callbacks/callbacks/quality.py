@@ -113,13 +113,12 @@ class QualityMonitor(ScheduledAnalysis):
             latent_dim=latent_dim,
         )
         check_real_source(real_images)
-        for label, value in (
-            ("num_samples", num_samples),
-            ("batch_size", batch_size),
-            ("num_descriptors_per_image", num_descriptors_per_image),
-            ("num_projections", num_projections),
-        ):
-            check_int(value, label)
+        num_samples = check_int(num_samples, "num_samples")
+        batch_size = check_int(batch_size, "batch_size")
+        num_descriptors_per_image = check_int(
+            num_descriptors_per_image, "num_descriptors_per_image"
+        )
+        num_projections = check_int(num_projections, "num_projections")
         self.num_real = check_int(num_real, "num_real", optional=True) or num_samples
         self.real_images = real_images
         self.num_samples = num_samples

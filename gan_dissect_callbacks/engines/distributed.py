@@ -73,8 +73,9 @@ def agree_on_failure(what: str = "the analysis") -> Iterator[None]:
     """Run the collective-free part of an analysis; then every process learns if any one failed.
 
     Put the local part of an engine (drawing, generating, segmenting, counting) inside, and its
-    collectives after. A process whose block raises votes "failed" and re-raises; the others
-    finish their block, see the vote and raise :class:`AnalysisFailedElsewhere`. So every
+    collectives after. A process whose block raises tells the others why and re-raises; the
+    others finish their block, learn it and raise :class:`AnalysisFailedElsewhere` with that
+    reason (so rank 0, which alone warns, says what failed where). So every
     process leaves the analysis at the same point and no process waits in a collective that
     another one will never enter (gloo aborts the run there; NCCL hangs). In a single process
     this is a no-op.
@@ -90,16 +91,20 @@ def agree_on_failure(what: str = "the analysis") -> Iterator[None]:
         return
     try:
         yield
-    except BaseException:
-        _vote(failed=True)
+    except BaseException as err:
+        _exchange_failures(f"{type(err).__name__}: {err}")
         raise
-    if _vote(failed=False):
+    failures = _exchange_failures("")
+    if failures:
+        rank, reason = failures[0]
         raise AnalysisFailedElsewhere(
-            f"{what} failed on another process (its warning says why); this process stopped it "
-            "too so that every process goes on training together."
+            f"{what} failed on process {rank} ({reason}); this process stopped it too, so that "
+            "every process goes on training together."
         )
 
 
-def _vote(failed: bool) -> bool:
-    flag = torch.tensor([1.0 if failed else 0.0])
-    return bool(all_reduce_sum(flag).item() > 0)
+def _exchange_failures(reason: str) -> list[tuple[int, str]]:
+    """Every process's failure (``""`` for none): ``[(rank, reason)]`` of those that failed."""
+    reasons: list[str] = [""] * dist_info()[1]
+    dist.all_gather_object(reasons, reason)
+    return [(rank, text) for rank, text in enumerate(reasons) if text]

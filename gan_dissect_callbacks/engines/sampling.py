@@ -109,8 +109,8 @@ def iterate_samples(
         >>> torch.equal(torch.cat([b.latents for b in mine]), whole[[1, 3]])
         True
     """
-    check_int(num_samples, "num_samples")
-    check_int(batch_size, "batch_size")
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)

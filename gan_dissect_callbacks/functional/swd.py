@@ -210,8 +210,8 @@ def sample_descriptors(
                 [ 4.,  5.,  6.],
                 [ 8.,  9., 10.]])
     """
-    check_int(num_per_image, "num_per_image")
-    check_int(patch_size, "patch_size")
+    num_per_image = check_int(num_per_image, "num_per_image")
+    patch_size = check_int(patch_size, "patch_size")
     if not isinstance(level, Tensor) or level.ndim != 4 or level.shape[-1] < patch_size:
         shape = list(level.shape) if isinstance(level, Tensor) else type(level).__name__
         raise ValueError(
@@ -283,8 +283,8 @@ def random_directions(
         >>> d.shape, torch.allclose(d.norm(dim=0), torch.ones(4))
         (torch.Size([147, 4]), True)
     """
-    check_int(dim, "dim")
-    check_int(num_directions, "num_directions")
+    dim = check_int(dim, "dim")
+    num_directions = check_int(num_directions, "num_directions")
     generator = _default_generator(generator)
     directions = torch.randn(dim, num_directions, generator=generator, device=generator.device)
     return directions / directions.norm(dim=0, keepdim=True)
@@ -352,7 +352,7 @@ def sliced_wasserstein(
             "Expected arguments `a` and `b` to have the same number of columns D, but got"
             f" {a.shape[1]} and {b.shape[1]}."
         )
-    check_int(num_projections, "num_projections")
+    num_projections = check_int(num_projections, "num_projections")
     directions = random_directions(a.shape[1], num_projections, generator).to(a.device, a.dtype)
     index_a, index_b, lengths = _quantile_segments(a.shape[0], b.shape[0], a.device)
     total = torch.zeros((), dtype=torch.float64, device=a.device)

@@ -187,7 +187,7 @@ def unit_swd_scores(
         raise ValueError(
             f"Expected argument `top_samples` to have shape [U, k] with U, k >= 1, but got {shape}."
         )
-    check_int(num_projections, "num_projections")
+    num_projections = check_int(num_projections, "num_projections")
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     for per_image in image_descriptors.values():
         num_images = per_image.shape[0]

@@ -70,8 +70,8 @@ def candidate_fractions(num_levels: int = 100, min_fraction: float = 1e-3) -> Te
         >>> candidate_fractions(4, 1e-3)
         tensor([1.0000, 0.1000, 0.0100, 0.0010], dtype=torch.float64)
     """
-    check_int(num_levels, "num_levels")
-    check_fraction(min_fraction, "min_fraction")
+    num_levels = check_int(num_levels, "num_levels")
+    min_fraction = check_fraction(min_fraction, "min_fraction")
     if num_levels == 1:
         return torch.tensor([min_fraction], dtype=torch.float64)
     return torch.logspace(0.0, math.log10(min_fraction), num_levels, dtype=torch.float64)
@@ -89,7 +89,7 @@ def dense_fractions(
         tensor([0.2000, 0.1000, 0.0500], dtype=torch.float64)
     """
     quantile = check_fraction(quantile, "quantile")
-    check_int(num_dense_levels, "num_dense_levels", minimum=0)
+    num_dense_levels = check_int(num_dense_levels, "num_dense_levels", minimum=0)
     if not isinstance(span, (int, float)) or isinstance(span, bool) or span < 1:
         raise ValueError(f"Expected argument `span` to be a float >= 1, but got {span!r}.")
     target = 1.0 - quantile

@@ -134,13 +134,12 @@ class SlicedWassersteinDistance(Metric):
                 "Expected argument `image_size` to be a power of two >= 16, but got"
                 f" {image_size!r}."
             )
-        for name, value in (
-            ("max_descriptors", max_descriptors),
-            ("num_descriptors_per_image", num_descriptors_per_image),
-            ("num_projections", num_projections),
-        ):
-            check_int(value, name)
-        check_int(seed, "seed", minimum=0)
+        max_descriptors = check_int(max_descriptors, "max_descriptors")
+        num_descriptors_per_image = check_int(
+            num_descriptors_per_image, "num_descriptors_per_image"
+        )
+        num_projections = check_int(num_projections, "num_projections")
+        seed = check_int(seed, "seed", minimum=0)
         if not isinstance(reset_real_features, bool):
             raise ValueError(
                 "Expected argument `reset_real_features` to be a bool, but got"

@@ -153,7 +153,7 @@ def test_the_ema_generator_is_dissected_when_named(tmp_path, segmenter):
     )
     trainer = pl.Trainer(
         max_steps=6, logger=False, callbacks=[callback], enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path),
     )  # fmt: skip
     trainer.fit(model, datamodule=SceneDataModule(32, batch_size=8))
     from gan_dissect_callbacks.engines import AnalysedGenerator, dissect
@@ -222,3 +222,42 @@ def test_a_failure_on_one_ddp_rank_is_skipped_by_every_rank(tmp_path, segmenter,
     written = sorted(p.name for p in (tmp_path / "with" / "r" / "version_0" / kind).glob("step_*"))
     # The analysis at step 2 failed on rank 1; rank 0 skipped it too, the later ones ran.
     assert written == ["step_0000004.json", "step_0000006.json"]
+
+
+@pytest.mark.parametrize("order", ["intervention_first", "dissection_first"])
+def test_an_intervention_ranks_by_the_dissection_of_its_own_step(tmp_path, segmenter, order):
+    dissection = DissectionCallback(["generator.layer2"], segmenter, top_k=2, top_n=0, **SMALL)
+    intervention = InterventionCallback(
+        "generator.layer2",
+        ["sky", "ground"],
+        segmenter,
+        dissection=dissection,
+        max_ablated_units=2,
+        num_random=1,
+        num_images=0,
+        **{**SMALL, "raise_on_error": False},
+    )
+    callbacks = [intervention, dissection]
+    if order == "dissection_first":
+        callbacks.reverse()
+    fit(tmp_path, callbacks)
+    assert [e["step"] for e in dissection.history] == [3, 6, 8]  # each step dissected once
+    assert [e["source"] for e in intervention.history] == [
+        f"DissectionCallback (step {step})" for step in (3, 6, 8)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["dissection", "intervention", "artifacts", "quality"])
+def test_every_callback_warns_when_the_trainer_has_no_logger(tmp_path, segmenter, kind):
+    callbacks = make_callbacks(kind, segmenter)
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, callbacks=callbacks, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=f"{type(callbacks[0]).__name__}: the trainer has no logger"
+    ):
+        trainer.fit(
+            SceneGAN(latent_dim=16, width=8, sample_every_n_batches=0),
+            datamodule=SceneDataModule(32, batch_size=8),
+        )

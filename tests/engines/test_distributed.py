@@ -60,7 +60,9 @@ def test_collectives_and_agreed_failure_on_two_processes():
     assert results[0]["sum"] == results[1]["sum"] == 3.0
     assert results[0]["gather"] == results[1]["gather"] == [0, 1]
     assert results[1]["failure"] == "here: 'only on rank 1'"
-    assert results[0]["failure"].startswith("elsewhere: the test analysis failed on another")
+    assert results[0]["failure"].startswith(
+        "elsewhere: the test analysis failed on process 1 (KeyError: 'only on rank 1')"
+    )
     assert results[0]["after"] == results[1]["after"] == 2.0
 
 

@@ -84,7 +84,7 @@ class UnitArtifactScores:
 
     def top(self, n: int) -> list[int]:
         """The ``n`` worst units (fewer if fewer are scored)."""
-        check_int(n, "n", minimum=0)
+        n = check_int(n, "n", minimum=0)
         return self.ranking[:n]
 
     def top_images(self, unit: int, n: int | None = None) -> Tensor:
@@ -243,14 +243,11 @@ def score_units(
             " GAN's discriminator, e.g. discriminator=gan.discriminator."
         )
     real_images = check_real_images(real_images)
-    for name, value in (
-        ("num_samples", num_samples),
-        ("top_k", top_k),
-        ("batch_size", batch_size),
-        ("num_descriptors_per_image", num_descriptors_per_image),
-        ("num_projections", num_projections),
-    ):
-        check_int(value, name)
+    num_samples = check_int(num_samples, "num_samples")
+    top_k = check_int(top_k, "top_k")
+    batch_size = check_int(batch_size, "batch_size")
+    num_descriptors_per_image = check_int(num_descriptors_per_image, "num_descriptors_per_image")
+    num_projections = check_int(num_projections, "num_projections")
     if top_k > num_samples:
         raise ValueError(
             f"Expected argument `top_k` to be at most `num_samples` ({num_samples}), but got"

@@ -180,15 +180,12 @@ def verify_ablation(
         ([0.0, 0.0], False)
     """
     real_images = check_real_images(real_images)
-    for name, value in (
-        ("num_samples", num_samples),
-        ("num_seeds", num_seeds),
-        ("batch_size", batch_size),
-        ("num_descriptors_per_image", num_descriptors_per_image),
-        ("num_projections", num_projections),
-    ):
-        check_int(value, name)
-    check_int(num_examples, "num_examples", minimum=0)
+    num_samples = check_int(num_samples, "num_samples")
+    num_seeds = check_int(num_seeds, "num_seeds")
+    batch_size = check_int(batch_size, "batch_size")
+    num_descriptors_per_image = check_int(num_descriptors_per_image, "num_descriptors_per_image")
+    num_projections = check_int(num_projections, "num_projections")
+    num_examples = check_int(num_examples, "num_examples", minimum=0)
     g = AnalysedGenerator.wrap(generator)
     g.resolve_layer(layer)
     real_cpu = real_images.float().cpu()
@@ -284,7 +281,7 @@ def find_artifact_units(
     Returns:
         An :class:`ArtifactSearch`; ``search.ablation.is_real()`` says whether to prune.
     """
-    check_int(top_n, "top_n")
+    top_n = check_int(top_n, "top_n")
     g = AnalysedGenerator.wrap(generator)
     scores = score_units(g, layer, real_images, **dict(score_kwargs or {}))
     ablation = verify_ablation(

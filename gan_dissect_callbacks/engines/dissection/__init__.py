@@ -17,6 +17,7 @@ gallery units' images, handed over with the report).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -33,6 +34,7 @@ from gan_dissect_callbacks.arguments import (
 from gan_dissect_callbacks.engines.dissection.calibration import calibrate_on_first_samples
 from gan_dissect_callbacks.engines.dissection.examples import unit_examples
 from gan_dissect_callbacks.engines.dissection.report import (
+    DEFAULT_IQR_CUTOFF,
     DissectionReport,
     LayerReport,
     UnitExamples,
@@ -44,7 +46,7 @@ from gan_dissect_callbacks.engines.dissection.streaming import (
     merge_topk,
     stream_samples,
 )
-from gan_dissect_callbacks.engines.distributed import dist_info
+from gan_dissect_callbacks.engines.distributed import agree_on_failure, dist_info
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator, GeneratorLike
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
@@ -72,6 +74,7 @@ def dissect(
     rule: ThresholdRule = "quantile",
     quantile: float = 0.99,
     iou_cutoff: float = 0.04,
+    iqr_cutoff: float = DEFAULT_IQR_CUTOFF,
     top_k: int = 8,
     top_n: int = 0,
     metric_kwargs: dict[str, Any] | None = None,
@@ -92,7 +95,9 @@ def dissect(
         rule: threshold rule used for the labels: ``"quantile"`` (top ``1 - quantile`` of
             each unit's activations) or ``"iqr"`` (the paper's IQR-maximising threshold).
         quantile: the quantile of the quantile rule.
-        iou_cutoff: a unit is interpretable when its best IoU exceeds this.
+        iou_cutoff: a unit is interpretable when its best IoU exceeds this...
+        iqr_cutoff: ... and, under ``rule="iqr"``, when the information quality ratio of its
+            mask with that concept exceeds this (the 2019 code: IoU > 0.05 and IQR > 0.01).
         top_k: how many top-activating samples to keep per unit.
         top_n: per layer, how many of its best units (interpretable first, then by IoU) get
             their top samples redrawn as :class:`UnitExamples` in ``report.examples`` (the
@@ -110,11 +115,13 @@ def dissect(
     g = AnalysedGenerator.wrap(generator)
     layers = g.check_layers(check_layer_names(layers))
     check_choice(rule, "rule", THRESHOLD_RULES)
-    check_fraction(quantile, "quantile")
-    check_int(num_samples, "num_samples")
-    check_int(batch_size, "batch_size")
-    check_int(top_k, "top_k", minimum=0)
-    check_int(top_n, "top_n", minimum=0)
+    quantile = check_fraction(quantile, "quantile")
+    iou_cutoff = check_fraction(iou_cutoff, "iou_cutoff", closed_low=True)
+    iqr_cutoff = check_fraction(iqr_cutoff, "iqr_cutoff", closed_low=True)
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
+    top_k = check_int(top_k, "top_k", minimum=0)
+    top_n = check_int(top_n, "top_n", minimum=0)
     world = dist_info()[1]
     if num_samples < world:
         raise ValueError(
@@ -137,12 +144,17 @@ def dissect(
                 g, layers, segmenter, new_stream, num_samples=num_samples,
                 batch_size=batch_size, seed=seed, metric_kwargs=metric_kwargs,
             )  # fmt: skip
-        stream_samples(
-            g, layers, segmenter, streams, new_stream, num_samples=num_samples,
-            batch_size=batch_size, seed=seed, progress=progress,
-        )  # fmt: skip
+        # Streaming holds no collective (the levels are set by now under DDP); every process
+        # learns after it whether any one failed, so the merges below see all or none.
+        with agree_on_failure("the dissection"):
+            stream_samples(
+                g, layers, segmenter, streams, new_stream, num_samples=num_samples,
+                batch_size=batch_size, seed=seed, progress=progress,
+            )  # fmt: skip
 
     results = {name: streams[name].compute() for name in layers}
+    fraction = results[layers[-1]].concept_fraction.tolist()
+    _warn_of_absent_concepts(fraction, vocabulary.names, num_samples)
     found = {
         name: layer_report(
             name,
@@ -150,6 +162,7 @@ def dissect(
             vocabulary,
             rule=rule,
             iou_cutoff=iou_cutoff,
+            iqr_cutoff=iqr_cutoff,
             top=streams[name].top_samples(),
         )
         for name in layers
@@ -162,7 +175,8 @@ def dissect(
         rule=rule,
         quantile=quantile,
         iou_cutoff=iou_cutoff,
-        concept_fraction=results[layers[-1]].concept_fraction.tolist(),
+        iqr_cutoff=iqr_cutoff,
+        concept_fraction=fraction,
         step=step,
     )
     if not (top_n and top_k):
@@ -171,3 +185,14 @@ def dissect(
     with g.harmless():
         examples = unit_examples(g, report, batch_size=batch_size, top_n=top_n)
     return replace(report, examples=examples)
+
+
+def _warn_of_absent_concepts(fraction: list[float], names: Sequence[str], num_samples: int) -> None:
+    absent = [name for name, f in zip(names, fraction, strict=True) if f == 0]
+    if absent and dist_info()[0] == 0:
+        warnings.warn(
+            f"Concept(s) {', '.join(absent)} never occur in the {num_samples} dissected samples, "
+            "so every unit's IoU with them is 0. The generator does not draw them (yet), or the "
+            "segmenter never finds them in its images; draw more samples to be sure.",
+            stacklevel=3,
+        )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.engines.dissection.streaming import LayerStream, StreamFactory
+from gan_dissect_callbacks.engines.distributed import agree_on_failure
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.metrics.unit_concept_iou import DEFAULT_CALIBRATION_SAMPLES
 from gan_dissect_callbacks.segmenters.base import Segmenter, checked_segment
@@ -59,16 +60,19 @@ def calibrate_on_first_samples(
         ``{layer: LayerStream}``, calibrated and still empty.
     """
     count = calibration_size(num_samples, batch_size, metric_kwargs)
-    first = g.latents_for(range(count), num_samples, batch_size, seed=seed)
     streams: dict[str, LayerStream] = {}
     chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
-    for start in range(0, count, batch_size):
-        images, acts = g.run(first[start : start + batch_size], capture=layers)
-        masks = checked_segment(segmenter, images)
-        for name in layers:
-            if name not in streams:
-                streams[name] = new_stream(name, acts[name], masks)
-            chunks[name].append(acts[name].float())
+    # Drawing holds no collective, calibrating does (the levels are broadcast from rank 0): every
+    # process learns whether any one failed to draw before it enters the broadcast.
+    with agree_on_failure("the dissection"):
+        first = g.latents_for(range(count), num_samples, batch_size, seed=seed)
+        for start in range(0, count, batch_size):
+            images, acts = g.run(first[start : start + batch_size], capture=layers)
+            masks = checked_segment(segmenter, images)
+            for name in layers:
+                if name not in streams:
+                    streams[name] = new_stream(name, acts[name], masks)
+                chunks[name].append(acts[name].float())
     for name in layers:
         streams[name].metric.calibrate(torch.cat(chunks[name]))
     return streams

@@ -52,7 +52,9 @@ class UnitReport:
         iou: IoU of the unit's thresholded mask with that concept.
         threshold: the unit's activation threshold (for that concept under the IQR rule).
         iqr: information quality ratio of the unit's mask with that concept at its IQR threshold.
-        interpretable: ``iou`` exceeds the report's IoU cut-off.
+        interpretable: ``iou`` exceeds the report's IoU cut-off and, under the IQR rule, ``iqr``
+            exceeds its IQR cut-off too (the 2019 code's pair of tests: a unit whose mask carries
+            no information about its concept is not counted, however large the mask).
         top_samples: global indices of the samples that activate the unit most (spatial max).
         top_activations: those spatial maxima.
     """
@@ -124,6 +126,10 @@ class LayerReport:
         return f"{self.layer}: {self.num_units} units, " + ", ".join(parts)
 
 
+#: The 2019 code's IQR cut-off: under the IQR rule a unit also needs ``IQR > 0.01`` to count.
+DEFAULT_IQR_CUTOFF = 0.01
+
+
 @dataclass(frozen=True)
 class DissectionReport:
     """The result of :func:`~gan_dissect_callbacks.engines.dissection.dissect`.
@@ -142,6 +148,7 @@ class DissectionReport:
     iou_cutoff: float
     concept_fraction: list[float]
     step: int | None = None
+    iqr_cutoff: float = DEFAULT_IQR_CUTOFF
     examples: dict[str, list[UnitExamples]] = field(default_factory=dict, compare=False, repr=False)
 
     def summary(self) -> str:
@@ -163,6 +170,7 @@ class DissectionReport:
             "rule": self.rule,
             "quantile": self.quantile,
             "iou_cutoff": self.iou_cutoff,
+            "iqr_cutoff": self.iqr_cutoff,
             "vocabulary": self.vocabulary.to_list(),
             "concept_fraction": self.concept_fraction,
             "layers": {
@@ -205,6 +213,7 @@ class DissectionReport:
             iou_cutoff=data["iou_cutoff"],
             concept_fraction=data["concept_fraction"],
             step=data.get("step"),
+            iqr_cutoff=data.get("iqr_cutoff", DEFAULT_IQR_CUTOFF),
         )
 
     @classmethod
@@ -223,6 +232,7 @@ def layer_report(
     *,
     rule: ThresholdRule,
     iou_cutoff: float,
+    iqr_cutoff: float = 0.0,
     top: tuple[list[list[float]], list[list[int]]] | None = None,
 ) -> LayerReport:
     """The :class:`LayerReport` of a layer's computed metric under ``rule``.
@@ -232,7 +242,8 @@ def layer_report(
         result: the layer's unit × concept metric, computed.
         vocabulary: the concepts of the metric's columns.
         rule: which threshold labels the units (``"quantile"`` or ``"iqr"``).
-        iou_cutoff: a unit is interpretable when its best IoU exceeds this.
+        iou_cutoff: a unit is interpretable when its best IoU exceeds this...
+        iqr_cutoff: ... and, under the IQR rule, when its IQR with that concept exceeds this.
         top: per unit, its top activations and their sample indices (``None``: none kept).
     """
     concept_idx, best_iou = result.best_concept(rule)
@@ -252,7 +263,8 @@ def layer_report(
                 iou=float(best_iou[u]),
                 threshold=float(threshold),
                 iqr=float(result.iqr[u, c]),
-                interpretable=bool(best_iou[u] > iou_cutoff),
+                interpretable=bool(best_iou[u] > iou_cutoff)
+                and (rule != "iqr" or float(result.iqr[u, c]) > iqr_cutoff),
                 top_samples=top[1][u] if top is not None else [],
                 top_activations=top[0][u] if top is not None else [],
             )

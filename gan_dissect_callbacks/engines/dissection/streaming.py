@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,7 @@ class LayerStream:
         metric_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         num_units = featuremap_shape(name, r)[0]
+        self.name = name
         self.metric = UnitConceptIoU(
             num_units,
             num_concepts,
@@ -87,7 +89,17 @@ class LayerStream:
         self._top: tuple[Tensor, Tensor] | None = None
 
     def update(self, r: Tensor, masks: Tensor, indices: Tensor) -> None:
-        """Add one batch: featuremaps ``r``, concept masks, the samples' global indices."""
+        """Add one batch: featuremaps ``r``, concept masks, the samples' global indices.
+
+        Raises:
+            ValueError: if ``r`` holds NaN or Inf, naming the layer (the images may look fine).
+        """
+        if not bool(torch.isfinite(r).all()):
+            raise ValueError(
+                f"Expected finite activations at layer {self.name!r}, but got NaN or Inf values. "
+                "Check the generator for diverged weights (the images can look fine when a "
+                "later layer clips them) or a division by zero in that layer."
+            )
         self.metric.update(r.float(), masks)
         if not self.top_k:
             return
@@ -146,9 +158,11 @@ def stream_samples(
     """
     rank, world = dist_info()
     done = 0
+    lowest = float("inf")
     for batch in g.samples(num_samples, batch_size, seed=seed, rank=rank, world_size=world):
         images, acts = g.run(batch.latents, capture=layers)
         check_images(images)
+        lowest = min(lowest, float(images.detach().amin()))
         masks = checked_segment(segmenter, images)
         for name in layers:
             if name not in streams:
@@ -157,4 +171,11 @@ def stream_samples(
         done += len(batch.indices)
         if progress is not None:
             progress(done * world, num_samples)
+    if lowest >= 0.0 and rank == 0:
+        warnings.warn(
+            f"Every image of the dissection stayed in [0, 1] (lowest value {lowest:.3g}), but "
+            "images are expected in [-1, 1]: the segmenter sees them too bright. If the generator "
+            "outputs [0, 1], pass `generate=lambda z: g(z) * 2 - 1`.",
+            stacklevel=3,
+        )
     return streams

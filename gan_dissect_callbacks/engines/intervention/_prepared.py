@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gan_dissect_callbacks.arguments import check_segmenter, check_unit_indices
+from gan_dissect_callbacks.engines.distributed import agree_on_failure
 from gan_dissect_callbacks.engines.generator import (
     AnalysedGenerator,
     GeneratorLike,
@@ -103,7 +104,10 @@ def prepared(
 ) -> Iterator[PreparedAnalysis]:
     """Check an analysis's generator, layer, segmenter and concept; run the block harmlessly.
 
-    The layer's shape and the images' size are probed on the first latent of ``seed``.
+    The layer's shape and the images' size are probed on the first latent of ``seed``. The block
+    is an analysis's collective-free part: under ``torch.distributed`` every process learns on
+    leaving it whether any one failed (:func:`~.distributed.agree_on_failure`), so the sums that
+    follow it are entered by all processes or by none.
 
     Raises:
         ValueError: an unknown layer (listing the generator's layers) or concept (listing the
@@ -114,7 +118,7 @@ def prepared(
     g.resolve_layer(layer)
     check_segmenter(segmenter)
     index = concept_index(segmenter.vocabulary, concept)
-    with g.harmless(grad=grad):
+    with g.harmless(grad=grad), agree_on_failure("the intervention analysis"):
         with torch.no_grad():
             images, acts = g.run(g.latents(1, seed), capture=[layer])
         num_units, h, w = featuremap_shape(layer, acts[layer])

@@ -89,8 +89,8 @@ def average_causal_effect(
         (1.0, 0.0, 1.0)
     """
     check_choice(measure, "measure", MEASURES)
-    check_int(num_samples, "num_samples")
-    check_int(batch_size, "batch_size")
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
     with prepared(generator, layer, segmenter, concept, seed=seed) as s:
         index = s.units(units)
         places = s.locations(locations)

@@ -99,11 +99,11 @@ def optimize_alpha(
         >>> result.ranking[0], result.alpha[0] > result.alpha[1]
         (0, True)
     """
-    check_float(lam, "lam", minimum=0.0)
-    check_float(lr, "lr", minimum=0.0)
-    check_int(steps, "steps")
-    check_int(batch_size, "batch_size")
-    check_int(value_samples, "value_samples")
+    lam = check_float(lam, "lam", minimum=0.0)
+    lr = check_float(lr, "lr", minimum=0.0)
+    steps = check_int(steps, "steps")
+    batch_size = check_int(batch_size, "batch_size")
+    value_samples = check_int(value_samples, "value_samples")
     check_choice(measure, "measure", MEASURES)
     # The objective is differentiated with respect to α, through the generator and segmenter.
     with prepared(generator, layer, segmenter, concept, seed=seed, grad=True) as s:

@@ -54,7 +54,7 @@ def intervention_images(
         >>> round(shots["inserted"][0, 0, 0, 0].item(), 4)  # unit 0 set to 3: tanh(3)
         0.9951
     """
-    check_int(num_images, "num_images")
+    num_images = check_int(num_images, "num_images")
     g = AnalysedGenerator.wrap(generator)
     g.resolve_layer(layer)
     with g.harmless():

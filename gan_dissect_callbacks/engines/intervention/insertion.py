@@ -94,10 +94,10 @@ def insertion_effect(
         >>> result.fraction_gained, result.fraction_before
         (1.0, 0.0)
     """
-    check_fraction(absent_fraction, "absent_fraction", closed_low=True)
-    check_int(num_random, "num_random", minimum=0)
-    check_int(num_samples, "num_samples")
-    check_int(batch_size, "batch_size")
+    absent_fraction = check_fraction(absent_fraction, "absent_fraction", closed_low=True)
+    num_random = check_int(num_random, "num_random", minimum=0)
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
     with prepared(generator, layer, segmenter, concept, seed=seed) as s:
         index = s.units(units)
         if locations is None:

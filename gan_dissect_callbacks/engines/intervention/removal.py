@@ -77,10 +77,10 @@ def removal_curve(
         >>> removal_curve(net, "0", seg, "lit", [1, 0], num_random=0, num_samples=4).removed
         [0.0, 1.0]
     """
-    check_int(max_units, "max_units")
-    check_int(num_random, "num_random", minimum=0)
-    check_int(num_samples, "num_samples")
-    check_int(batch_size, "batch_size")
+    max_units = check_int(max_units, "max_units")
+    num_random = check_int(num_random, "num_random", minimum=0)
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
     with prepared(generator, layer, segmenter, concept, seed=seed) as s:
         order = s.units(ranking, "ranking")[:max_units]
         n_units = order.numel()

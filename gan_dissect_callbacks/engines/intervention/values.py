@@ -126,9 +126,9 @@ def insertion_values(
         True
     """
     check_choice(rule, "rule", VALUE_RULES)
-    check_fraction(quantile, "quantile")
-    check_int(num_samples, "num_samples")
-    check_int(batch_size, "batch_size")
+    quantile = check_fraction(quantile, "quantile")
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
     with prepared(generator, layer, segmenter, concept, seed=seed) as s:
         return unit_values(s, rule, float(quantile), num_samples, batch_size, seed)
 
