@@ -203,10 +203,13 @@ class AnalysedGenerator:
 
         Eval mode for the module (and every ``nn.Module`` in ``also``, e.g. a discriminator kept
         outside it) with every submodule's own mode restored on exit, the global CPU (and CUDA)
-        RNG streams forked, and no gradients unless ``grad``.
+        RNG streams forked, no gradients unless ``grad``, and no autocast region of the caller's:
+        the generator runs in its own precision (a bf16 generator in bf16), so an analysis
+        triggered inside a mixed-precision region gives the answers it gives outside.
         """
         with ExitStack() as stack:
             stack.enter_context(rng_isolated(self.device))
+            stack.enter_context(torch.autocast(self.device.type, enabled=False))
             stack.enter_context(eval_mode(self.module))
             for extra in also:
                 if isinstance(extra, nn.Module) and extra is not self.module:

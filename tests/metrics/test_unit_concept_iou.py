@@ -446,3 +446,19 @@ def test_compute_in_blocks_of_units_gives_the_same_result(monkeypatch):
     monkeypatch.setattr(unit_concept, "_COMPUTE_TABLES", 7)  # one unit per block
     counts = metric._counts()
     _assert_same_result(unit_concept.unit_concept_compute(counts, metric.levels), whole)
+
+
+def test_an_autocast_region_around_the_update_does_not_change_the_counts():
+    # Counts far above 256, where half-precision matmuls would no longer be exact.
+    acts, masks = random_dissection_data(4, 64, 5, 3, (8, 8), (64, 64), "relu")
+
+    def fed() -> UnitConceptIoU:
+        metric = UnitConceptIoU(5, 3, **SMALL, calibration_samples=32)
+        for i in range(0, 64, 32):
+            metric.update(acts[i : i + 32], masks[i : i + 32])
+        return metric
+
+    plain = fed().compute()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = fed().compute()
+    _assert_same_result(inside, plain)
