@@ -261,3 +261,32 @@ def test_every_callback_warns_when_the_trainer_has_no_logger(tmp_path, segmenter
             SceneGAN(latent_dim=16, width=8, sample_every_n_batches=0),
             datamodule=SceneDataModule(32, batch_size=8),
         )
+
+
+def test_the_quality_monitor_measures_the_named_generator(tmp_path):
+    real = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    settings = {
+        "real_images": real, "every_n_train_steps": None, "on_train_start": True,
+        "on_train_end": False, "num_samples": 16, "batch_size": 8, "num_projections": 16,
+        "num_descriptors_per_image": 16, "discriminator": None, "raise_on_error": True,
+    }  # fmt: skip
+    pl.seed_everything(0, verbose=False)
+    with_ema = SceneGAN(latent_dim=16, width=8, sample_every_n_batches=0)
+    with_ema.generator_ema = copy.deepcopy(with_ema.generator).requires_grad_(False)
+    with torch.no_grad():
+        for p in with_ema.generator_ema.parameters():
+            p.mul_(0.5)
+    twin = SceneGAN(latent_dim=16, width=8, sample_every_n_batches=0)
+    twin.generator = copy.deepcopy(with_ema.generator_ema)  # the EMA as the live generator
+    values = []
+    for model, generator in ((with_ema, "generator_ema"), (twin, None), (with_ema, None)):
+        monitor = QualityMonitor(generator=generator, **settings)
+        trainer = pl.Trainer(
+            max_steps=2, logger=False, callbacks=[monitor], enable_progress_bar=False,
+            enable_checkpointing=False, enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+        )  # fmt: skip
+        trainer.fit(model, datamodule=SceneDataModule(32, batch_size=8))
+        values.append(monitor.history[0]["swd_avg"])
+    assert values[0] == values[1]  # the EMA was measured, exactly as if it were the generator
+    assert values[0] != values[2]  # and not the live generator
