@@ -29,10 +29,9 @@ import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
-import torch
-from torch import Tensor
-
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = [
@@ -255,7 +254,9 @@ def check_unit_indices(
         ValueError: Expected argument `units` to hold unit indices in [0, 4) (the layer has 4 \
 units), but got [4].
     """
-    if isinstance(units, Tensor):
+    import torch  # here, so that argument checks (and the CLI's --help) load without torch
+
+    if isinstance(units, torch.Tensor):
         given = units.detach()
     else:
         values = list(units)

@@ -23,7 +23,7 @@ from gan_dissect_callbacks.reporting.dissection import scalar_values, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["generator.layer2", "generator.layer3"]
-SMALL = ["--num-samples", "24", "--batch-size", "12", "--top-k", "2", "--gallery-units", "3"]
+SMALL = ["--num-samples", "24", "--batch-size", "12", "--top-k", "2", "--top-n", "3"]
 FACTORY = "gan_dissect_callbacks.demos.pretrained:load_pretrained_scene_gan"
 
 
@@ -202,7 +202,7 @@ def test_the_module_runs_as_the_command(tmp_path):
         cwd=ROOT,
     )
     assert done.stdout.startswith("usage: gan-dissect")
-    assert "--gallery-units" in done.stdout
+    assert "--top-n" in done.stdout
 
 
 def test_checkpoint_step_reads_batches_not_optimizer_steps(checkpoint):

@@ -26,36 +26,53 @@ points next to its training curves. When ``OUT/dissection/latest.json`` holds an
 the same layers, label stability is measured against it, as the callback does between
 dissections.
 
+**What is dissected.** ``--generator NAME`` picks a submodule of the loaded module (an EMA
+copy: ``--generator generator_ema --layers layer4``). A pruning mask that
+:class:`~gan_dissect_callbacks.callbacks.artifact_pruning.ArtifactPruningCallback` saved in the
+checkpoint is applied first, so the labels are those of the generator training went on with;
+``--no-pruning-mask`` dissects the unpruned one. A layer that is the image itself, or that has
+fewer than 8 units, gets a warning naming it.
+
+**Existing reports.** A report of the same step already in ``OUT/dissection`` is not replaced
+unless ``--overwrite`` is given.
+
+**Several processes.** Under ``torchrun --nproc_per_node N -m gan_dissect_callbacks.cli ...``
+every process joins the group (:mod:`.processes`), dissects every N-th sample, and the results
+are merged exactly; only rank 0 prints and writes.
+
 **Exit codes.** 0 on success; 2 for bad input found before the dissection starts (options out of
-range, a missing checkpoint, a factory that cannot be imported, an unknown layer: each with one
-message naming the fix); 1 when the dissection itself rejects what the model or segmenter
-produce (e.g. images outside ``[-1, 1]``).
+range, a missing checkpoint, a factory that cannot be imported, an unknown layer, a report that
+would be replaced: each with one message naming the fix); 1 when the dissection itself rejects
+what the model or segmenter produce (e.g. images outside ``[-1, 1]``).
 
-
-The options are in :mod:`.parser`, the loading of the generator and the segmenter in
-:mod:`.loading`.
+The options are in :mod:`.parser` (which imports neither torch nor Lightning, so ``--help`` is
+quick), the loading of the generator and the segmenter in :mod:`.loading`, the checks before the
+dissection in :mod:`.preflight`.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from gan_dissect_callbacks.checkpoints import checkpoint_step
 from gan_dissect_callbacks.cli.loading import (
     DEFAULT_CHECKPOINT_CLASS,
     load_generator,
     load_object,
     load_segmenter,
-    move_segmenter,
 )
 from gan_dissect_callbacks.cli.parser import build_parser
+
+if TYPE_CHECKING:
+    import torch
+
+    from gan_dissect_callbacks.checkpoints import checkpoint_step
+    from gan_dissect_callbacks.engines.artifacts.pruning import PruningMask
+    from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 
 __all__ = [
     "DEFAULT_CHECKPOINT_CLASS",
@@ -66,6 +83,15 @@ __all__ = [
     "load_segmenter",
     "main",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Importing the checkpoint reader imports torch, which --help does not need.
+    if name == "checkpoint_step":
+        from gan_dissect_callbacks.checkpoints import checkpoint_step
+
+        return checkpoint_step
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Progress:
@@ -114,29 +140,108 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``gan-dissect`` with ``argv`` (``sys.argv[1:]`` when ``None``); returns the exit code.
 
     Usage errors exit through ``SystemExit(2)`` with argparse's message, as any command does.
+    Under ``torchrun`` every process runs this; only rank 0 prints and writes.
     """
-    from gan_dissect_callbacks.engines.dissection import dissect
-
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(
-            f"Expected argument `--device` to be cpu, cuda or cuda:N, but got {args.device!r}."
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("Expected a CUDA device for `--device cuda`, but CUDA is not available here.")
+
+    from gan_dissect_callbacks.cli.processes import process_group
+    from gan_dissect_callbacks.engines.distributed import (
+        AnalysisFailedElsewhere,
+        agree_on_failure,
+        dist_info,
+    )
+
+    with process_group(_device(parser, args.device)) as device:
+        rank = dist_info()[0]
+        try:
+            # Every process learns whether any one failed, so none waits in the dissection's
+            # collectives for a process that has left.
+            with agree_on_failure("loading what to dissect"):
+                generator, segmenter, step = _prepare(args, device, main_process=rank == 0)
+        except (AnalysisFailedElsewhere, *_BAD_INPUT) as err:
+            if rank == 0:
+                parser.error(str(err))
+            return 2
+        return _dissect(args, generator, segmenter, step, main_process=rank == 0)
+
+
+#: What loading raises for bad input (exit code 2, with the message).
+_BAD_INPUT = (FileNotFoundError, FileExistsError, ImportError, TypeError, ValueError)
+
+
+def _device(parser: argparse.ArgumentParser, text: str) -> torch.device:
+    import torch
 
     try:
-        model, saved_step = load_generator(args.target, checkpoint_class=args.module)
-        segmenter = load_segmenter(args.segmenter)
-        generator = _analysed(model, args.layers, args.latent_dim)
-    except (FileNotFoundError, ImportError, TypeError, ValueError) as err:
-        parser.error(str(err))
+        device = torch.device(text)
+    except RuntimeError:
+        parser.error(f"Expected argument `--device` to be cpu, cuda or cuda:N, but got {text!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("Expected a CUDA device for `--device cuda`, but CUDA is not available here.")
+    return device
+
+
+def _prepare(
+    args: argparse.Namespace, device: torch.device, *, main_process: bool
+) -> tuple[AnalysedGenerator, Any, int]:
+    """The generator (pruned as saved), the segmenter and the step; bad input raises."""
+    from gan_dissect_callbacks.cli.loading import (
+        apply_saved_pruning,
+        move_segmenter,
+        select_generator,
+    )
+    from gan_dissect_callbacks.cli.preflight import check_not_written, layer_warnings
+
+    model, saved_step = load_generator(args.target, checkpoint_class=args.module)
+    segmenter = load_segmenter(args.segmenter)
+    generator = select_generator(model, args.generator, latent_dim=args.latent_dim)
+    try:
+        generator.check_layers(args.layers)
+    except ValueError as err:
+        if args.generator is None:
+            raise
+        raise ValueError(
+            f"{err} Layers are named relative to --generator {args.generator!r}."
+        ) from err
+    mask = None
+    if args.pruning_mask and Path(args.target).is_file():
+        mask = apply_saved_pruning(args.target, model, generator)
+    step = args.step if args.step is not None else (saved_step or 0)
+    if main_process:  # the process that writes
+        check_not_written(Path(args.out) / "dissection", step, overwrite=args.overwrite)
     model.to(device)
     move_segmenter(segmenter, device)
-    step = args.step if args.step is not None else (saved_step or 0)
+    if main_process:
+        if mask is not None:
+            print(
+                f"pruning mask from the checkpoint: {_describe(mask)} pruned (pass "
+                "--no-pruning-mask to dissect the unpruned model)"
+            )
+        for warning in layer_warnings(generator, args.layers, seed=args.seed):
+            print(f"gan-dissect: warning: {warning}", file=sys.stderr)
+    return generator, segmenter, step
+
+
+def _describe(mask: PruningMask) -> str:
+    """``generator.layer3 units 0, 5; generator.layer4 unit 2``."""
+    parts = []
+    for layer in mask.layers:
+        units = mask.units(layer)
+        parts.append(f"{layer} unit{'s' if len(units) > 1 else ''} {', '.join(map(str, units))}")
+    return "; ".join(parts)
+
+
+def _dissect(
+    args: argparse.Namespace,
+    generator: AnalysedGenerator,
+    segmenter: Any,
+    step: int,
+    *,
+    main_process: bool,
+) -> int:
+    from gan_dissect_callbacks.engines.dissection import dissect
+    from gan_dissect_callbacks.engines.distributed import AnalysisFailedElsewhere
 
     try:
         report = dissect(
@@ -149,28 +254,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             rule=args.rule,
             quantile=args.quantile,
             iou_cutoff=args.iou_cutoff,
+            iqr_cutoff=args.iqr_cutoff,
             top_k=args.top_k,
-            top_n=args.gallery_units,
-            progress=_Progress(sys.stderr),
+            top_n=args.top_n,
+            progress=_Progress(sys.stderr) if main_process else None,
             step=step,
         )
-    except (TypeError, ValueError) as err:
-        print(f"gan-dissect: error: the dissection failed: {err}", file=sys.stderr)
+    except (TypeError, ValueError, AnalysisFailedElsewhere) as err:
+        if main_process:
+            print(f"gan-dissect: error: the dissection failed: {err}", file=sys.stderr)
         return 1
-    _write(Path(args.out), report)
+    if main_process:
+        _write(Path(args.out), report)
     return 0
-
-
-def _analysed(model: nn.Module, layers: Sequence[str], latent_dim: int | None) -> Any:
-    """The generator to dissect, its layers checked; a missing latent size names the option."""
-    from gan_dissect_callbacks.engines.generator import AnalysedGenerator
-
-    try:
-        generator = AnalysedGenerator(model, latent_dim=latent_dim)
-    except ValueError as err:
-        raise ValueError(f"{err} On the command line: --latent-dim N.") from err
-    generator.check_layers(layers)
-    return generator
 
 
 def _write(out: Path, report: Any) -> None:

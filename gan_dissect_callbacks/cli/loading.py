@@ -1,5 +1,8 @@
 """Loading what ``gan-dissect`` dissects: a generator from a checkpoint or a factory, a segmenter.
 
+torch is imported by the functions that need it, not by this module, so that the parser (which
+reads :data:`DEFAULT_CHECKPOINT_CLASS`) stays quick to import.
+
 Example:
     >>> load_object("gan_dissect_callbacks.demos.gan:SceneGAN").__name__
     'SceneGAN'
@@ -15,21 +18,26 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-from gan_dissect_callbacks.checkpoints import checkpoint_step, read_checkpoint
+    from gan_dissect_callbacks.engines.artifacts.pruning import PruningMask
+    from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 
 __all__ = [
     "DEFAULT_CHECKPOINT_CLASS",
     "OBJECT_SPEC",
+    "apply_saved_pruning",
     "load_generator",
     "load_object",
     "load_segmenter",
     "move_segmenter",
+    "select_generator",
 ]
 
 #: The LightningModule that ``load_from_checkpoint`` uses when ``--module`` is not given.
@@ -123,6 +131,10 @@ def load_generator(
 
 
 def _load_checkpoint(path: Path, class_spec: str) -> tuple[nn.Module, int | None]:
+    from torch import nn
+
+    from gan_dissect_callbacks.checkpoints import checkpoint_step, read_checkpoint
+
     cls = load_object(class_spec, "--module")
     if not callable(getattr(cls, "load_from_checkpoint", None)):
         raise TypeError(
@@ -147,6 +159,8 @@ def _load_checkpoint(path: Path, class_spec: str) -> tuple[nn.Module, int | None
 
 
 def _load_factory(spec: str) -> nn.Module:
+    from torch import nn
+
     factory = load_object(spec, "CHECKPOINT_OR_FACTORY")
     model = factory if isinstance(factory, nn.Module) else None
     if model is None:
@@ -162,6 +176,85 @@ def _load_factory(spec: str) -> nn.Module:
             f"{type(model).__name__}."
         )
     return model.eval()
+
+
+def select_generator(
+    model: nn.Module, name: str | None = None, *, latent_dim: int | None = None
+) -> AnalysedGenerator:
+    """The generator to dissect: ``model`` itself, or its submodule ``name`` (``--generator``).
+
+    Args:
+        model: the loaded module.
+        name: a dotted submodule name such as ``"generator_ema"``; layers are then named
+            relative to it. ``None``: ``model`` itself.
+        latent_dim: ``--latent-dim``, for a module that does not say how to draw latents.
+
+    Raises:
+        ValueError: if ``name`` is not a submodule of ``model`` (listing the valid names), or no
+            way to draw latents is found (naming ``--latent-dim``).
+
+    Example:
+        >>> from gan_dissect_callbacks.demos.gan import SceneGAN
+        >>> select_generator(SceneGAN(latent_dim=8, width=4), "generator").layer_names()[:2]
+        ['layer1', 'layer1.0']
+    """
+    from gan_dissect_callbacks.engines.generator import AnalysedGenerator
+    from gan_dissect_callbacks.instrumentation import resolve_layer
+
+    if name is not None:
+        try:
+            resolve_layer(model, name)
+        except ValueError as err:
+            raise ValueError(
+                f"--generator {name!r} is not a submodule of {type(model).__name__}: {err}"
+            ) from err
+    try:
+        return AnalysedGenerator.of(model, name, latent_dim=latent_dim)
+    except ValueError as err:
+        raise ValueError(f"{err} On the command line: --latent-dim N.") from err
+
+
+def apply_saved_pruning(
+    checkpoint_path: str | Path, model: nn.Module, generator: AnalysedGenerator
+) -> PruningMask | None:
+    """Apply the pruning mask saved in a checkpoint, so that post hoc sees what training saw.
+
+    :class:`~gan_dissect_callbacks.callbacks.artifact_pruning.ArtifactPruningCallback` with
+    ``prune=True`` saves its mask in its checkpoint state; the forward hooks that applied it are
+    not saved with the weights. The mask's layer names are those of the module the callback
+    analysed: ``model`` itself, else the ``--generator`` module.
+
+    Returns:
+        The applied mask; ``None`` when the checkpoint holds none or it prunes no unit.
+
+    Raises:
+        ValueError: if the mask names layers of neither module (naming the options to fix it).
+    """
+    from gan_dissect_callbacks.checkpoints import read_checkpoint
+    from gan_dissect_callbacks.engines.artifacts.pruning import (
+        MASK_STATE_KEY,
+        apply_pruning_from_checkpoint,
+    )
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    states = checkpoint.get("callbacks") or {}
+    if not any(isinstance(s, Mapping) and MASK_STATE_KEY in s for s in states.values()):
+        return None
+    modules = [model] if generator.module is model else [model, generator.module]
+    for module in modules:
+        try:
+            mask = apply_pruning_from_checkpoint(module, checkpoint)
+        except ValueError as err:
+            error = err
+            continue
+        if mask.num_pruned:
+            return mask
+        mask.remove()
+        return None
+    raise ValueError(
+        f"The checkpoint's pruning mask does not fit the loaded module: {error} Pass the "
+        "--generator the callback analysed (its generator=), or --no-pruning-mask."
+    )
 
 
 def load_segmenter(spec: str) -> Any:
@@ -203,6 +296,8 @@ def load_segmenter(spec: str) -> Any:
 
 def move_segmenter(segmenter: Any, device: torch.device) -> None:
     """Put the segmenter's network (``segmenter.module`` or the segmenter itself) on ``device``."""
+    from torch import nn
+
     module = getattr(segmenter, "module", None)
     if isinstance(module, nn.Module):
         module.to(device)

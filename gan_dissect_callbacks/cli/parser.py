@@ -1,4 +1,9 @@
-"""The ``gan-dissect`` command line: its options, each checked as it is parsed."""
+"""The ``gan-dissect`` command line: its options, each checked as it is parsed.
+
+Only the standard library and the package's argument checks are imported here, so that
+``gan-dissect --help`` and a mistyped option answer at once; torch, Lightning and the views are
+imported by :func:`~gan_dissect_callbacks.cli.main` once the options are parsed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,33 @@ from gan_dissect_callbacks.arguments import THRESHOLD_RULES, check_fraction, che
 from gan_dissect_callbacks.cli.loading import DEFAULT_CHECKPOINT_CLASS
 
 __all__ = ["build_parser"]
+
+EXAMPLES = """\
+examples:
+  # a checkpoint the demo saved (python -m gan_dissect_callbacks.demos train), with the post-hoc
+  # points next to the training curves:
+  gan-dissect runs/scenes/version_0/checkpoints/*.ckpt \\
+      --layers generator.layer2 generator.layer3 --out runs/scenes/version_0
+  # the EMA copy of a generator, its layers named relative to it:
+  gan-dissect run.ckpt --module mypackage.gan:MyGAN --generator generator_ema --layers layer4
+  # a factory, on 2 processes (each dissects half of the samples; rank 0 writes):
+  torchrun --nproc_per_node 2 -m gan_dissect_callbacks.cli \\
+      gan_dissect_callbacks.demos.pretrained:load_pretrained_scene_gan \\
+      --layers generator.layer3 --num-samples 1024
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and ends every option that has a default with it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        # A flag (no value to give) has nothing to show; None means "see the text".
+        if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _checked(
@@ -43,17 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gan-dissect",
         description=(
-            "Dissect a GAN post hoc: which generator units draw which concepts. Writes a JSON "
-            "report and the TensorBoard views of DissectionCallback under --out."
+            "Dissect a GAN post hoc: which generator units draw which concepts. Writes a JSON\n"
+            "report and the TensorBoard views of DissectionCallback under --out. Under torchrun\n"
+            "the samples are split across the processes."
         ),
-        epilog=(
-            "examples:\n"
-            "  gan-dissect lightning_logs/version_0/checkpoints/last.ckpt "
-            "--layers generator.layer2 generator.layer3\n"
-            "  gan-dissect gan_dissect_callbacks.demos.pretrained:load_pretrained_scene_gan "
-            "--layers generator.layer3 --num-samples 1024"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "target",
@@ -65,61 +92,104 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="LAYER",
-        help="dotted names of the layers to dissect, e.g. generator.layer3",
+        help="dotted names of the layers to dissect, e.g. generator.layer3 (relative to "
+        "--generator when given)",
     )
     parser.add_argument(
         "--module",
         metavar="PACKAGE.MODULE:CLASS",
-        help=f"the LightningModule class that saved the checkpoint ({DEFAULT_CHECKPOINT_CLASS})",
+        help=f"the LightningModule class that saved the checkpoint (default: "
+        f"{DEFAULT_CHECKPOINT_CLASS})",
+    )
+    parser.add_argument(
+        "--generator",
+        metavar="NAME",
+        help="dissect this submodule of the loaded module, e.g. generator_ema (default: the "
+        "loaded module itself)",
+    )
+    parser.add_argument(
+        "--no-pruning-mask",
+        dest="pruning_mask",
+        action="store_false",
+        help="dissect the unpruned model (by default, a pruning mask that "
+        "ArtifactPruningCallback(prune=True) saved in the checkpoint is applied first)",
     )
     parser.add_argument(
         "--segmenter",
         default="toy",
         metavar="toy|PACKAGE.MODULE:FACTORY",
-        help="'toy' (the toy-world segmenter) or a factory returning a segmenter (default toy)",
+        help="'toy' (the toy-world segmenter) or a factory returning a segmenter",
     )
     parser.add_argument(
-        "--num-samples", type=_int_at_least(1, "--num-samples"), default=512, metavar="N"
+        "--num-samples",
+        type=_int_at_least(1, "--num-samples"),
+        default=512,
+        metavar="N",
+        help="generated images to dissect, over all processes",
     )
-    parser.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=64)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
-    parser.add_argument("--rule", choices=THRESHOLD_RULES, default="quantile")
+    parser.add_argument(
+        "--batch-size",
+        type=_int_at_least(1, "--batch-size"),
+        default=64,
+        metavar="N",
+        help="images per forward pass",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    parser.add_argument(
+        "--rule", choices=THRESHOLD_RULES, default="quantile", help="threshold rule of the labels"
+    )
     parser.add_argument(
         "--quantile",
         type=_fraction("--quantile", closed_low=False),
         default=0.99,
-        help="quantile of the quantile rule (default 0.99: each unit's top 1%%)",
+        help="quantile of the quantile rule (0.99: each unit's top 1%%)",
     )
     parser.add_argument(
         "--iou-cutoff",
         type=_fraction("--iou-cutoff", closed_low=True),
         default=0.04,
-        help="a unit is interpretable when its best IoU exceeds this (default 0.04)",
+        help="a unit is interpretable when its best IoU exceeds this",
+    )
+    parser.add_argument(
+        "--iqr-cutoff",
+        type=_fraction("--iqr-cutoff", closed_low=True),
+        default=0.01,
+        help="... and, under --rule iqr, when its IQR exceeds this",
     )
     parser.add_argument(
         "--top-k",
         type=_int_at_least(0, "--top-k"),
-        default=6,
-        help="top-activating samples kept per unit (default 6)",
+        default=8,
+        metavar="K",
+        help="top-activating samples kept per unit",
     )
     parser.add_argument(
-        "--gallery-units",
-        type=_int_at_least(0, "--gallery-units"),
+        "--top-n",
+        type=_int_at_least(0, "--top-n"),
         default=12,
-        help="units per layer in the TensorBoard gallery; 0 for none (default 12)",
+        metavar="N",
+        help="best units per layer shown in the TensorBoard gallery; 0 for none",
     )
     parser.add_argument(
         "--latent-dim",
         type=_int_at_least(1, "--latent-dim"),
+        metavar="N",
         help="size of standard-normal latents, for a model without sample_latents or latent_dim",
     )
+    parser.add_argument("--out", default="runs/dissect", help="output folder")
     parser.add_argument(
-        "--out", default="runs/dissect", help="output folder (default runs/dissect)"
+        "--overwrite",
+        action="store_true",
+        help="replace a report of the same step already in --out (refused otherwise)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N; under torchrun, cuda is each process's cuda:LOCAL_RANK",
+    )
     parser.add_argument(
         "--step",
         type=_int_at_least(0, "--step"),
-        help="step to log at (default: training batches in the checkpoint; 0 for a factory)",
+        help="step to log at (default: the training batches in the checkpoint; 0 for a factory)",
     )
     return parser

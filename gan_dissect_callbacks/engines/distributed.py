@@ -99,7 +99,7 @@ def agree_on_failure(what: str = "the analysis") -> Iterator[None]:
         rank, reason = failures[0]
         raise AnalysisFailedElsewhere(
             f"{what} failed on process {rank} ({reason}); this process stopped it too, so that "
-            "every process goes on training together."
+            "no process waits for the others in a collective."
         )
 
 
