@@ -12,6 +12,7 @@ of the model after ``n`` batches runs at step ``n``, so the one before training 
 
 from __future__ import annotations
 
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -23,12 +24,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.arguments import check_int
-from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step
+from gan_dissect_callbacks.callbacks._budget import OverheadBudget
+from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step, report_output
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.writing import ReportOutput
 
 __all__ = ["ScheduledAnalysis"]
+
+#: Seconds spent in every analysis of this process so far (so that a batch's measured time
+#: leaves out the analyses of other callbacks that ran between its start and end).
+_ANALYSIS_SECONDS = [0.0]
 
 #: The Lightning hooks an analysis can run in.
 Hook = Literal["start", "batch", "epoch", "end"]
@@ -56,6 +62,10 @@ class ScheduledAnalysis(pl.Callback, ABC):
         sample_latents: ``(n, generator) → latents``; by default the analysed module's (or the
             LightningModule's) ``sample_latents``, or standard normal latents of ``latent_dim``.
         latent_dim: latent size, when the modules do not say.
+        max_overhead: the largest share of training wall time the analysis may take (see
+            :mod:`~gan_dissect_callbacks.callbacks._budget`): at a step its cadence asks for, it
+            runs only while its time so far, plus the last analysis's, stays within
+            ``max_overhead`` of the training time so far. ``None``: no budget.
 
     Example:
         >>> class StepRecorder(ScheduledAnalysis):
@@ -63,8 +73,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
         ...         self.history.append({"step": step})
         >>> recorder = StepRecorder(every_n_train_steps=2)
         >>> recorder.load_state_dict({"history": [{"step": 4}]})
-        >>> recorder.state_dict()
-        {'history': [{'step': 4}]}
+        >>> recorder.state_dict()["history"]
+        [{'step': 4}]
         >>> StepRecorder(every_n_epochs=0)
         Traceback (most recent call last):
         ...
@@ -91,6 +101,7 @@ class ScheduledAnalysis(pl.Callback, ABC):
         generate: Callable[[Tensor], Tensor] | None = None,
         sample_latents: LatentSampler | None = None,
         latent_dim: int | None = None,
+        max_overhead: float | None = None,
     ) -> None:
         super().__init__()
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
@@ -111,6 +122,10 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self.sample_latents = sample_latents
         self.latent_dim = check_int(latent_dim, "latent_dim", optional=True)
         self._generator: AnalysedGenerator | None = None
+        self.max_overhead = max_overhead
+        #: What the analyses cost so far against the training time (also without a budget).
+        self.budget = OverheadBudget(max_overhead if max_overhead is not None else 1.0)
+        self._batch_started: tuple[float, float] | None = None
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
         #: The hook whose analysis is running now (``None`` between analyses).
@@ -163,9 +178,20 @@ class ScheduledAnalysis(pl.Callback, ABC):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_if_due(trainer, pl_module, "start")
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        self._batch_started = (time.perf_counter(), _ANALYSIS_SECONDS[0])
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
+        if self._batch_started is not None:
+            # The batch's wall time, less any analysis that ran in between (another callback's).
+            started, analyses_before = self._batch_started
+            elapsed = time.perf_counter() - started
+            self.budget.record_batch(elapsed - (_ANALYSIS_SECONDS[0] - analyses_before))
+            self._batch_started = None
         self._run_if_due(trainer, pl_module, "batch")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -175,10 +201,11 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self._run_if_due(trainer, pl_module, "end")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "budget": self.budget.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.budget.load_state_dict(state_dict.get("budget", {}))
         if self.history:
             self._last_step = int(self.history[-1]["step"])
 
@@ -198,8 +225,16 @@ class ScheduledAnalysis(pl.Callback, ABC):
 
     def _run_if_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: Hook) -> None:
         step = batch_step(trainer) + 1
-        if self._due(trainer, hook, step):
+        if self._due(trainer, hook, step) and self._within_budget(trainer, hook):
             self._run(trainer, pl_module, step, hook)
+
+    def _within_budget(self, trainer: pl.Trainer, hook: Hook) -> bool:
+        """Whether the budget lets the cadence's analysis run (rank 0 decides for every rank)."""
+        if self.max_overhead is None or hook in ("start", "end"):
+            return True
+        allowed = self.budget.allows()
+        # Clocks differ between processes; the analysis runs collectives: one decision for all.
+        return bool(trainer.strategy.broadcast(allowed, src=0))
 
     def catch_up(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: Hook | None
@@ -222,11 +257,24 @@ class ScheduledAnalysis(pl.Callback, ABC):
             return
         self._last_step = step
         self._hook = hook
+        started = time.perf_counter()
         try:
             with self._reported(step):
                 self._analyse(trainer, pl_module, step)
         finally:
             self._hook = None
+            seconds = time.perf_counter() - started
+            _ANALYSIS_SECONDS[0] += seconds
+            since = self.budget.record_analysis(seconds, step)
+        if trainer.is_global_zero:
+            self._log_cost(trainer, step, since)
+
+    def _log_cost(self, trainer: pl.Trainer, step: int, since: int | None) -> None:
+        """What the analysis costs, where every logger sees it beside the curves."""
+        scalars = {f"{self.analysis_name}/overhead": self.budget.overhead}
+        if since is not None:
+            scalars[f"{self.analysis_name}/effective_cadence"] = float(since)
+        report_output(trainer, self.analysis_name).log_scalars(scalars, step)
 
     def _write_json_last(self, output: ReportOutput, step: int, payload: dict[str, Any]) -> None:
         """Write the step's JSON report after its logger output, so a failed write loses no curve.
