@@ -7,7 +7,9 @@ analysis's expected cost (the last one's), it has spent at most 5% of the traini
     spent + expected ≤ max_overhead · trained
 
 So ``every_n_train_steps`` stays the highest frequency, and a slow analysis on a fast model runs
-less often — its *effective cadence* is stretched until the budget holds. The first analysis
+less often — its *effective cadence* is stretched until the budget holds. Several analysis
+callbacks of one trainer split the budget evenly (each may take ``max_overhead / n`` of the
+training time), so that together they stay within it and none starves another. The first analysis
 always runs (there is nothing to estimate from yet), and so do the ones asked for by
 ``on_train_start`` / ``on_train_end``; they count against the budget all the same.
 
@@ -64,11 +66,16 @@ class OverheadBudget:
         self.last_step = step
         return since
 
-    def allows(self) -> bool:
-        """Whether one more analysis, costing what the last one did, keeps within the budget."""
+    def allows(self, share: int = 1) -> bool:
+        """Whether one more analysis, costing what the last one did, keeps within the budget.
+
+        Args:
+            share: how many analysis callbacks split the budget evenly (each may take
+                ``max_overhead / share``), so that several together stay within it.
+        """
         if self.last_cost_s is None:
             return True
-        return self.spent_s + self.last_cost_s <= self.max_overhead * self.trained_s
+        return self.spent_s + self.last_cost_s <= self.max_overhead / share * self.trained_s
 
     @property
     def overhead(self) -> float:

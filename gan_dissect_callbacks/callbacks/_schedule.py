@@ -126,6 +126,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
         #: What the analyses cost so far against the training time (also without a budget).
         self.budget = OverheadBudget(max_overhead if max_overhead is not None else 1.0)
         self._batch_started: tuple[float, float] | None = None
+        #: The wall clock of the budget (a test may give a fake one).
+        self._clock: Callable[[], float] = time.perf_counter
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
         #: The hook whose analysis is running now (``None`` between analyses).
@@ -181,7 +183,7 @@ class ScheduledAnalysis(pl.Callback, ABC):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        self._batch_started = (time.perf_counter(), _ANALYSIS_SECONDS[0])
+        self._batch_started = (self._clock(), _ANALYSIS_SECONDS[0])
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
@@ -189,7 +191,7 @@ class ScheduledAnalysis(pl.Callback, ABC):
         if self._batch_started is not None:
             # The batch's wall time, less any analysis that ran in between (another callback's).
             started, analyses_before = self._batch_started
-            elapsed = time.perf_counter() - started
+            elapsed = self._clock() - started
             self.budget.record_batch(elapsed - (_ANALYSIS_SECONDS[0] - analyses_before))
             self._batch_started = None
         self._run_if_due(trainer, pl_module, "batch")
@@ -232,7 +234,12 @@ class ScheduledAnalysis(pl.Callback, ABC):
         """Whether the budget lets the cadence's analysis run (rank 0 decides for every rank)."""
         if self.max_overhead is None or hook in ("start", "end"):
             return True
-        allowed = self.budget.allows()
+        budgeted = [
+            cb
+            for cb in getattr(trainer, "callbacks", [])
+            if isinstance(cb, ScheduledAnalysis) and cb.max_overhead is not None
+        ]
+        allowed = self.budget.allows(share=max(1, len(budgeted)))
         # Clocks differ between processes; the analysis runs collectives: one decision for all.
         return bool(trainer.strategy.broadcast(allowed, src=0))
 
@@ -257,13 +264,13 @@ class ScheduledAnalysis(pl.Callback, ABC):
             return
         self._last_step = step
         self._hook = hook
-        started = time.perf_counter()
+        started = self._clock()
         try:
             with self._reported(step):
                 self._analyse(trainer, pl_module, step)
         finally:
             self._hook = None
-            seconds = time.perf_counter() - started
+            seconds = self._clock() - started
             _ANALYSIS_SECONDS[0] += seconds
             since = self.budget.record_analysis(seconds, step)
         if trainer.is_global_zero:

@@ -128,6 +128,8 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             or standard normal latents of ``latent_dim`` / ``hparams.latent_dim``.
         latent_dim: latent size, when the module does not say.
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
+        max_overhead: the largest share of training wall time the analysis may take; the
+            cadence is stretched to hold it (``None``: no budget). See docs/callbacks.md.
     """
 
     _what = "check"
@@ -166,6 +168,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         sample_latents: LatentSampler | None = None,
         latent_dim: int | None = None,
         raise_on_error: bool = False,
+        max_overhead: float | None = 0.05,
     ) -> None:
         super().__init__(
             every_n_train_steps=every_n_train_steps,
@@ -178,6 +181,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             generate=generate,
             sample_latents=sample_latents,
             latent_dim=latent_dim,
+            max_overhead=max_overhead,
         )
         self.layer = check_name(layer, "layer")
         check_real_source(real_images)

@@ -94,6 +94,8 @@ class DissectionCallback(ScheduledAnalysis):
             LightningModule's) ``sample_latents``, or standard normal latents of ``latent_dim``.
         latent_dim: latent size, when the modules do not say.
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
+        max_overhead: the largest share of training wall time the analysis may take; the
+            cadence is stretched to hold it (``None``: no budget). See docs/callbacks.md.
         name: the analysis's name: tag prefix and report folder (default ``"dissection"``);
             give each of several DissectionCallbacks its own.
         metric_kwargs: extra arguments of the IoU metric (e.g. ``num_levels``).
@@ -130,6 +132,7 @@ class DissectionCallback(ScheduledAnalysis):
         sample_latents: LatentSampler | None = None,
         latent_dim: int | None = None,
         raise_on_error: bool = False,
+        max_overhead: float | None = 0.05,
         name: str | None = None,
         metric_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -144,6 +147,7 @@ class DissectionCallback(ScheduledAnalysis):
             generate=generate,
             sample_latents=sample_latents,
             latent_dim=latent_dim,
+            max_overhead=max_overhead,
         )
         self.layers = check_layer_names(layers)
         self.segmenter = check_segmenter(segmenter)

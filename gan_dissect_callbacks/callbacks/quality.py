@@ -70,6 +70,8 @@ class QualityMonitor(ScheduledAnalysis):
         sample_latents: ``(n, generator) → latents``; found on the module when omitted.
         latent_dim: latent size, when the module does not say.
         raise_on_error: re-raise failures instead of warning and going on.
+        max_overhead: the largest share of training wall time the analysis may take; the
+            cadence is stretched to hold it (``None``: no budget). See docs/callbacks.md.
     """
 
     _what = "check"
@@ -99,6 +101,7 @@ class QualityMonitor(ScheduledAnalysis):
         sample_latents: LatentSampler | None = None,
         latent_dim: int | None = None,
         raise_on_error: bool = False,
+        max_overhead: float | None = 0.05,
     ) -> None:
         super().__init__(
             every_n_train_steps=every_n_train_steps,
@@ -111,6 +114,7 @@ class QualityMonitor(ScheduledAnalysis):
             generate=generate,
             sample_latents=sample_latents,
             latent_dim=latent_dim,
+            max_overhead=max_overhead,
         )
         check_real_source(real_images)
         num_samples = check_int(num_samples, "num_samples")

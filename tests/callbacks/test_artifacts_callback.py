@@ -103,9 +103,17 @@ def test_training_is_bit_for_bit_the_same_with_both_callbacks_and_pruning_off(tm
     fit(tmp_path / "a", plain, [], batches=6)
     watched = tiny_gan()
     artifacts = ArtifactPruningCallback(
-        LAYER, every_n_train_steps=2, num_samples=16, top_k=2, num_seeds=2, **FAST
+        LAYER,
+        every_n_train_steps=2,
+        num_samples=16,
+        top_k=2,
+        num_seeds=2,
+        **FAST,
+        max_overhead=None,
     )
-    quality = QualityMonitor(every_n_train_steps=3, on_train_start=True, num_samples=16, **FAST)
+    quality = QualityMonitor(
+        every_n_train_steps=3, on_train_start=True, num_samples=16, **FAST, max_overhead=None
+    )
     fit(tmp_path / "b", watched, [artifacts, quality], batches=6)
     assert [h["step"] for h in artifacts.history] == [2, 4, 6]
     assert [h["step"] for h in quality.history] == [0, 3, 6]
@@ -126,7 +134,7 @@ def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     callback = ArtifactPruningCallback(
         LAYER, real_images=real, every_n_train_steps=2, num_samples=64, top_k=8, top_n=3,
         prune=True, num_seeds=3, num_images=8, **FAST,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     model = planted_gan()
     trainer = fit(root, model, [callback], batches=2)
     checkpoint = root / "pruned.ckpt"
@@ -212,7 +220,7 @@ def test_resume_reinstalls_the_mask_and_a_check_that_shows_it_hurts_rolls_it_bac
     resumed = ArtifactPruningCallback(
         LAYER, real_images=real, every_n_train_steps=2, num_samples=64, top_k=8, top_n=3,
         prune=True, num_seeds=3, num_images=0, **FAST,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
 
     class Probe(pl.Callback):
         hooked_at_start: bool | None = None
@@ -237,7 +245,7 @@ def test_the_pruning_budget_caps_the_candidates(tmp_path) -> None:
     callback = ArtifactPruningCallback(
         LAYER, every_n_train_steps=1, num_samples=16, top_k=2, top_n=5, max_pruned_units=1,
         num_seeds=2, prune=True, **FAST,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     fit(tmp_path, tiny_gan(), [callback], batches=1, logger=False)
     assert len(callback.history[0]["candidates"]) == 1
 
@@ -264,7 +272,7 @@ def test_an_outside_generator_is_pruned_by_its_own_layer_names(tmp_path) -> None
     callback = ArtifactPruningCallback(
         "layer3", generator=ema, real_images=real, every_n_train_steps=2, num_samples=64,
         top_k=8, top_n=3, prune=True, num_seeds=3, num_images=0, raise_on_error=True, **FAST,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     fit(tmp_path, gan, [callback], batches=2, logger=False)
     (entry,) = callback.history
     assert entry["accepted"] and sorted(entry["pruned"]) == PLANTED
@@ -277,22 +285,22 @@ def test_an_outside_generator_is_pruned_by_its_own_layer_names(tmp_path) -> None
         with edit_activations(ema, {"layer3": UnitEdit.ablation(PLANTED, 32)}):
             expected = ema(z)
     torch.testing.assert_close(pruned, expected)
+    bad = ArtifactPruningCallback(LAYER, generator=ema, max_overhead=None)
     with pytest.raises(ValueError, match=r"Valid layers: .*layer3"):
-        fit(
-            tmp_path / "bad", tiny_gan(), [ArtifactPruningCallback(LAYER, generator=ema)], 1,
-            logger=False,
-        )  # fmt: skip
+        fit(tmp_path / "bad", tiny_gan(), [bad], 1, logger=False)
 
 
 def test_two_named_checks_keep_their_own_tags_reports_and_state(tmp_path) -> None:
     settings = {"every_n_train_steps": 1, "num_samples": 8, "top_k": 2, "num_seeds": 2, **FAST}
     checks = [
-        ArtifactPruningCallback(LAYER, name="artifacts_g", **settings),
+        ArtifactPruningCallback(LAYER, name="artifacts_g", **settings, max_overhead=None),
         # The same layer, named relative to the generator the second one analyses.
-        ArtifactPruningCallback("layer3", name="artifacts_ema", generator="generator", **settings),
+        ArtifactPruningCallback(
+            "layer3", name="artifacts_ema", generator="generator", **settings, max_overhead=None
+        ),
     ]
     monitors = [
-        QualityMonitor(every_n_train_steps=1, num_samples=8, name=n, **FAST)
+        QualityMonitor(every_n_train_steps=1, num_samples=8, name=n, **FAST, max_overhead=None)
         for n in ("quality_a", "quality_b")
     ]
     keys = [c.state_key for c in [*checks, *monitors]]
@@ -322,8 +330,14 @@ def test_two_named_checks_keep_their_own_tags_reports_and_state(tmp_path) -> Non
 
 def test_two_checks_of_one_name_and_layer_clash_as_lightning_says(tmp_path) -> None:
     for twins in (
-        [ArtifactPruningCallback(LAYER, name="same"), ArtifactPruningCallback(LAYER, name="same")],
-        [QualityMonitor(name="same"), QualityMonitor(name="same")],
+        [
+            ArtifactPruningCallback(LAYER, name="same", max_overhead=None),
+            ArtifactPruningCallback(LAYER, name="same", max_overhead=None),
+        ],
+        [
+            QualityMonitor(name="same", max_overhead=None),
+            QualityMonitor(name="same", max_overhead=None),
+        ],
     ):
         with pytest.raises(RuntimeError, match="more than one stateful callback"):
             fit(tmp_path, tiny_gan(), twins, batches=1, logger=False)
@@ -335,7 +349,7 @@ def test_two_checks_of_one_name_and_layer_clash_as_lightning_says(tmp_path) -> N
 def test_quality_monitor_logs_the_swd_and_discriminator_score_of_the_model(tmp_path) -> None:
     real, _ = render_scenes(16, 32, generator=torch.Generator().manual_seed(3))
     monitor = QualityMonitor(
-        real, every_n_train_steps=2, on_train_start=True, num_samples=16, **FAST
+        real, every_n_train_steps=2, on_train_start=True, num_samples=16, **FAST, max_overhead=None
     )
     trainer = fit(tmp_path, tiny_gan(), [monitor], batches=2)
     # Step 0 measured the untrained model: recompute it from a fresh copy of it.
@@ -367,11 +381,13 @@ def test_quality_monitor_logs_the_swd_and_discriminator_score_of_the_model(tmp_p
 
 
 def test_quality_monitor_history_survives_a_checkpoint(tmp_path) -> None:
-    monitor = QualityMonitor(every_n_train_steps=1, num_samples=8, on_train_start=False, **FAST)
+    monitor = QualityMonitor(
+        every_n_train_steps=1, num_samples=8, on_train_start=False, **FAST, max_overhead=None
+    )
     trainer = fit(tmp_path, tiny_gan(), [monitor], batches=1, logger=False)
     state = trainer.callbacks[0].state_dict() if trainer.callbacks[0] is monitor else None
     assert state is not None and [h["step"] for h in state["history"]] == [1]
-    restored = QualityMonitor()
+    restored = QualityMonitor(max_overhead=None)
     restored.load_state_dict(state)
     assert restored.history == monitor.history
 
@@ -387,7 +403,7 @@ def test_a_failing_analysis_warns_and_training_goes_on_unchanged(tmp_path) -> No
     fit(tmp_path / "a", plain, [], batches=2, logger=False)
     model = tiny_gan()
     callback = ArtifactPruningCallback(
-        LAYER, real_images=broken, every_n_train_steps=1, prune=True, num_seeds=2
+        LAYER, real_images=broken, every_n_train_steps=1, prune=True, num_seeds=2, max_overhead=None
     )
     with pytest.warns(UserWarning, match="no real images today"):
         fit(tmp_path / "b", model, [callback], batches=2, logger=False)
@@ -395,7 +411,7 @@ def test_a_failing_analysis_warns_and_training_goes_on_unchanged(tmp_path) -> No
     for (name, a), (_, b) in zip(plain.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
     strict = ArtifactPruningCallback(
-        LAYER, real_images=broken, every_n_train_steps=1, raise_on_error=True
+        LAYER, real_images=broken, every_n_train_steps=1, raise_on_error=True, max_overhead=None
     )
     with pytest.raises(RuntimeError, match="no real images today"):
         fit(tmp_path / "c", tiny_gan(), [strict], batches=1, logger=False)
@@ -403,16 +419,26 @@ def test_a_failing_analysis_warns_and_training_goes_on_unchanged(tmp_path) -> No
 
 def test_environment_problems_are_raised_in_setup(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"Valid layers: .*generator\.layer3"):
-        fit(tmp_path, tiny_gan(), [ArtifactPruningCallback("generator.layer9")], 1, logger=False)
+        fit(
+            tmp_path,
+            tiny_gan(),
+            [ArtifactPruningCallback("generator.layer9", max_overhead=None)],
+            1,
+            logger=False,
+        )
     with pytest.raises(ValueError, match="Valid layers"):
-        fit(tmp_path, tiny_gan(), [QualityMonitor(discriminator="critic")], 1, logger=False)
+        fit(
+            tmp_path,
+            tiny_gan(),
+            [QualityMonitor(discriminator="critic", max_overhead=None)],
+            1,
+            logger=False,
+        )
     no_critic = tiny_gan()
     del no_critic.discriminator
+    needy = ArtifactPruningCallback(LAYER, method="discriminator", max_overhead=None)
     with pytest.raises(ValueError, match="needs a discriminator"):
-        fit(
-            tmp_path, no_critic, [ArtifactPruningCallback(LAYER, method="discriminator")], 1,
-            logger=False,
-        )  # fmt: skip
+        fit(tmp_path, no_critic, [needy], 1, logger=False)
 
 
 @pytest.mark.parametrize(
@@ -433,18 +459,18 @@ def test_environment_problems_are_raised_in_setup(tmp_path) -> None:
 )
 def test_bad_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        ArtifactPruningCallback(LAYER, **kwargs)
+        ArtifactPruningCallback(LAYER, **kwargs, max_overhead=None)
 
 
 def test_bad_real_images_and_monitor_arguments_are_named() -> None:
     with pytest.raises(TypeError, match="`real_images`"):
-        ArtifactPruningCallback(LAYER, real_images=[1, 2])  # type: ignore[arg-type]
+        ArtifactPruningCallback(LAYER, real_images=[1, 2], max_overhead=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`layer`"):
-        ArtifactPruningCallback("")
+        ArtifactPruningCallback("", max_overhead=None)
     with pytest.raises(ValueError, match="num_samples"):
-        QualityMonitor(num_samples=0)
+        QualityMonitor(num_samples=0, max_overhead=None)
     with pytest.raises(TypeError, match="`real_images`"):
-        QualityMonitor(real_images="scenes")  # type: ignore[arg-type]
+        QualityMonitor(real_images="scenes", max_overhead=None)  # type: ignore[arg-type]
 
 
 def test_no_warnings_from_a_healthy_run(tmp_path) -> None:
@@ -453,7 +479,7 @@ def test_no_warnings_from_a_healthy_run(tmp_path) -> None:
         fit(
             tmp_path, tiny_gan(),
             [ArtifactPruningCallback(LAYER, every_n_train_steps=1, num_samples=8, top_k=2,
-                                     num_seeds=2, **FAST)],
+                                     num_seeds=2, **FAST, max_overhead=None)],
             batches=1,
         )  # fmt: skip
     mine = [w for w in caught if "ArtifactPruningCallback" in str(w.message)]
@@ -485,7 +511,7 @@ def test_under_ddp_rank_zero_decides_and_every_rank_prunes_the_same_units(tmp_pa
     callback = ArtifactPruningCallback(
         LAYER, real_images=real, every_n_train_steps=2, num_samples=64, top_k=8, top_n=3,
         prune=True, num_seeds=3, num_images=4, raise_on_error=True, **FAST,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(
         max_steps=4, accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true",

@@ -64,7 +64,7 @@ def callback(segmenter, **kwargs):
         "top_k": 2,
     }
     defaults.update(kwargs)
-    return DissectionCallback(LAYERS, segmenter, **defaults)
+    return DissectionCallback(LAYERS, segmenter, **defaults, max_overhead=None)
 
 
 def test_training_is_bit_for_bit_the_same_with_the_callback(tmp_path, segmenter):
@@ -184,7 +184,7 @@ def test_history_survives_checkpoint_and_resume(tmp_path, segmenter):
 
 
 def test_unknown_layer_is_refused_in_setup_with_the_valid_names(tmp_path, segmenter):
-    cb = DissectionCallback(["generator.layer9"], segmenter)
+    cb = DissectionCallback(["generator.layer9"], segmenter, max_overhead=None)
     with pytest.raises(ValueError, match=r"generator\.layer3"):
         fit(tmp_path, [cb], batches=1)
 
@@ -205,14 +205,14 @@ def test_unknown_layer_is_refused_in_setup_with_the_valid_names(tmp_path, segmen
 )
 def test_bad_arguments_are_named(segmenter, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        DissectionCallback(LAYERS, segmenter, **kwargs)
+        DissectionCallback(LAYERS, segmenter, **kwargs, max_overhead=None)
 
 
 def test_a_string_for_layers_or_a_non_segmenter_is_refused(segmenter):
     with pytest.raises(TypeError, match="layers"):
-        DissectionCallback("generator.layer2", segmenter)
+        DissectionCallback("generator.layer2", segmenter, max_overhead=None)
     with pytest.raises(TypeError, match="Segmenter protocol"):
-        DissectionCallback(LAYERS, object())
+        DissectionCallback(LAYERS, object(), max_overhead=None)
 
 
 def test_no_warning_storm_from_a_healthy_run(tmp_path, segmenter):
@@ -228,7 +228,7 @@ def test_two_named_dissections_write_their_own_reports_and_tags(tmp_path, segmen
     early = DissectionCallback(
         ["generator.layer2"], segmenter, every_n_train_steps=None, on_train_start=True,
         on_train_end=False, num_samples=24, batch_size=12, top_k=2, name="early",
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     assert late.state_key != early.state_key
     _, trainer = fit(tmp_path, [late, early], batches=1)
     log_dir = Path(trainer.logger.log_dir)
@@ -263,7 +263,7 @@ def test_an_ema_copy_outside_the_module_is_dissected(tmp_path, segmenter):
     cb = DissectionCallback(
         ["layer3"], segmenter, generator=ema, every_n_train_steps=None, on_train_start=True,
         on_train_end=False, num_samples=24, batch_size=12, top_k=2, raise_on_error=True,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     trainer = pl.Trainer(
         max_steps=2, logger=False, callbacks=[cb], enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path),
@@ -276,7 +276,7 @@ def test_an_ema_copy_outside_the_module_is_dissected(tmp_path, segmenter):
     assert cb.last_report.layers["layer3"] != trained.layers["layer3"]
     assert AnalysedGenerator.of(gan, ema).module is ema
 
-    wrong = DissectionCallback(["generator.layer3"], segmenter, generator=ema)
+    wrong = DissectionCallback(["generator.layer3"], segmenter, generator=ema, max_overhead=None)
     with pytest.raises(
         ValueError, match=r"Unknown layer 'generator\.layer3'.*Valid layers: layer1"
     ):

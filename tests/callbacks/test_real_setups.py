@@ -49,7 +49,11 @@ class OwnGeneratorData(SceneDataModule):
 
 def make_callbacks(kind: str, segmenter: Any) -> list[pl.Callback]:
     if kind == "dissection":
-        return [DissectionCallback(["generator.layer2"], segmenter, top_k=2, top_n=2, **SMALL)]
+        return [
+            DissectionCallback(
+                ["generator.layer2"], segmenter, top_k=2, top_n=2, **SMALL, max_overhead=None
+            )
+        ]
     if kind == "intervention":
         return [
             InterventionCallback(
@@ -61,6 +65,7 @@ def make_callbacks(kind: str, segmenter: Any) -> list[pl.Callback]:
                 dissect_samples=16,
                 num_images=2,
                 **SMALL,
+                max_overhead=None,
             )
         ]
     if kind == "artifacts":
@@ -73,9 +78,12 @@ def make_callbacks(kind: str, segmenter: Any) -> list[pl.Callback]:
                 num_images=2,
                 num_descriptors_per_image=16,
                 **SMALL,
+                max_overhead=None,
             )
         ]
-    return [QualityMonitor(num_projections=16, num_descriptors_per_image=16, **SMALL)]
+    return [
+        QualityMonitor(num_projections=16, num_descriptors_per_image=16, **SMALL, max_overhead=None)
+    ]
 
 
 def fit(
@@ -126,9 +134,17 @@ def test_training_is_bit_for_bit_the_same_with_the_callback(tmp_path, segmenter,
 
 
 def test_two_dissections_of_one_kind_keep_apart(tmp_path, segmenter):
-    a = DissectionCallback(["generator.layer2"], segmenter, top_k=2, top_n=2, **SMALL)
+    a = DissectionCallback(
+        ["generator.layer2"], segmenter, top_k=2, top_n=2, **SMALL, max_overhead=None
+    )
     b = DissectionCallback(
-        ["generator.layer2"], segmenter, top_k=2, top_n=2, name="dissection_b", **SMALL
+        ["generator.layer2"],
+        segmenter,
+        top_k=2,
+        top_n=2,
+        name="dissection_b",
+        **SMALL,
+        max_overhead=None,
     )
     assert a.state_key != b.state_key
     _, trainer = fit(tmp_path, [a, b])
@@ -149,7 +165,13 @@ def test_the_ema_generator_is_dissected_when_named(tmp_path, segmenter):
         for p in model.generator_ema.parameters():
             p.mul_(0.5)
     callback = DissectionCallback(
-        ["layer2"], segmenter, generator="generator_ema", top_k=2, top_n=0, **SMALL
+        ["layer2"],
+        segmenter,
+        generator="generator_ema",
+        top_k=2,
+        top_n=0,
+        **SMALL,
+        max_overhead=None,
     )
     trainer = pl.Trainer(
         max_steps=6, logger=False, callbacks=[callback], enable_progress_bar=False,
@@ -209,13 +231,13 @@ def test_a_failure_on_one_ddp_rank_is_skipped_by_every_rank(tmp_path, segmenter,
     common = {"every_n_train_steps": 2, "num_samples": 24, "batch_size": 8}
     if kind == "dissection":
         callback: pl.Callback = DissectionCallback(
-            ["generator.layer2", "generator.layer3"], failing, **common
+            ["generator.layer2", "generator.layer3"], failing, **common, max_overhead=None
         )
     else:
         callback = InterventionCallback(
             "generator.layer3", ["sky"], failing, max_ablated_units=2, num_random=1,
             dissect_samples=16, num_images=0, **common,
-        )  # fmt: skip
+         max_overhead=None)  # fmt: skip
     trained = _ddp_fit(tmp_path / "with", [callback])  # must not abort or hang
     plain = _ddp_fit(tmp_path / "without", [])
     assert_same_weights(plain, trained)
@@ -226,7 +248,9 @@ def test_a_failure_on_one_ddp_rank_is_skipped_by_every_rank(tmp_path, segmenter,
 
 @pytest.mark.parametrize("order", ["intervention_first", "dissection_first"])
 def test_an_intervention_ranks_by_the_dissection_of_its_own_step(tmp_path, segmenter, order):
-    dissection = DissectionCallback(["generator.layer2"], segmenter, top_k=2, top_n=0, **SMALL)
+    dissection = DissectionCallback(
+        ["generator.layer2"], segmenter, top_k=2, top_n=0, **SMALL, max_overhead=None
+    )
     intervention = InterventionCallback(
         "generator.layer2",
         ["sky", "ground"],
@@ -236,6 +260,7 @@ def test_an_intervention_ranks_by_the_dissection_of_its_own_step(tmp_path, segme
         num_random=1,
         num_images=0,
         **{**SMALL, "raise_on_error": False},
+        max_overhead=None,
     )
     callbacks = [intervention, dissection]
     if order == "dissection_first":
@@ -280,7 +305,7 @@ def test_the_quality_monitor_measures_the_named_generator(tmp_path):
     twin.generator = copy.deepcopy(with_ema.generator_ema)  # the EMA as the live generator
     values = []
     for model, generator in ((with_ema, "generator_ema"), (twin, None), (with_ema, None)):
-        monitor = QualityMonitor(generator=generator, **settings)
+        monitor = QualityMonitor(generator=generator, **settings, max_overhead=None)
         trainer = pl.Trainer(
             max_steps=2, logger=False, callbacks=[monitor], enable_progress_bar=False,
             enable_checkpointing=False, enable_model_summary=False,

@@ -51,6 +51,7 @@ def served(tmp_path_factory):
                 on_train_start=True,
                 num_samples=16,
                 batch_size=8,
+                max_overhead=None,
             )
         ],
         enable_progress_bar=False,

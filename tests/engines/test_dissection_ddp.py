@@ -65,6 +65,7 @@ def test_callback_under_ddp_spawn_writes_once_and_matches_one_process(tmp_path):
             batch_size=8,
             top_k=2,
             raise_on_error=True,
+            max_overhead=None,
         )
         trainer = pl.Trainer(
             max_steps=4,

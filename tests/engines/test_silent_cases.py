@@ -83,7 +83,7 @@ def test_numpy_integers_are_accepted_wherever_ints_are():
     callback = DissectionCallback(
         ["generator.layer2"], load_toy_segmenter(), every_n_train_steps=np.int64(2),
         num_samples=np.int64(16), batch_size=np.int64(8), top_k=np.int64(2),
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     assert callback.every_n_train_steps == 2 and callback.num_samples == 16
 
 
@@ -95,7 +95,7 @@ def test_a_failed_json_write_keeps_the_tensorboard_output(tmp_path):
     callback = DissectionCallback(
         ["generator.layer2"], load_toy_segmenter(), every_n_train_steps=2, num_samples=16,
         batch_size=8, top_k=2, top_n=1,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     trainer = pl.Trainer(
         max_steps=4, logger=logger, callbacks=[callback], enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False,
