@@ -27,7 +27,8 @@ from gan_dissect_callbacks.instrumentation import resolve_layer
 __all__ = ["AUTO", "RealImages", "check_real_source", "draw_real_images", "resolve_discriminator"]
 
 #: Real images: a tensor ``[N, 3, S, S]`` in ``[-1, 1]`` or ``(n, generator) → images``.
-RealImages = Tensor | Callable[[int, torch.Generator], Tensor]
+#: The function comes first so that a config parser (LightningCLI) reads an import path as one.
+RealImages = Callable[[int, torch.Generator], Tensor] | Tensor
 
 #: ``discriminator="auto"``: the LightningModule's ``discriminator`` submodule, if any.
 AUTO = "auto"

@@ -17,18 +17,16 @@ import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
-
-if TYPE_CHECKING:
-    from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
+from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 
 __all__ = [
+    "ToySegmenter",
     "ToySegmenterNet",
     "degrade",
     "evaluate_segmenter",
@@ -219,10 +217,37 @@ def load_toy_segmenter_net(path: str | Path | None = None) -> ToySegmenterNet:
     return net.eval()
 
 
+class ToySegmenter(ModuleSegmenter):
+    """The toy segmenter as a class: multi-label masks over :data:`SCENE_VOCABULARY`.
+
+    A config that names a class builds it (``class_path:
+    gan_dissect_callbacks.demos.segmenter.ToySegmenter`` in a LightningCLI YAML); in code,
+    :func:`load_toy_segmenter` returns one.
+
+    Args:
+        path: a weights file written by :func:`save_toy_segmenter_net`; ``None``: the shipped
+            weights.
+
+    Raises:
+        FileNotFoundError: if the weights file is missing, naming the command that makes it.
+
+    Example:
+        >>> segmenter = ToySegmenter()
+        >>> segmenter.vocabulary == SCENE_VOCABULARY, segmenter.multilabel
+        (True, True)
+        >>> segmenter.segmentation_size((32, 32))
+        (32, 32)
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(load_toy_segmenter_net(path), SCENE_VOCABULARY, multilabel=True)
+
+
 def load_toy_segmenter(path: str | Path | None = None) -> ModuleSegmenter:
     """The toy segmenter behind the :class:`~gan_dissect_callbacks.segmenters.base.Segmenter`
     protocol: multi-label masks over :data:`SCENE_VOCABULARY` at image resolution.
-    """
-    from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 
-    return ModuleSegmenter(load_toy_segmenter_net(path), SCENE_VOCABULARY, multilabel=True)
+    Returns:
+        A :class:`ToySegmenter`.
+    """
+    return ToySegmenter(path)
