@@ -18,7 +18,16 @@ the callback's ``name``, ``"intervention"`` by default):
 * images ``intervention/{c}/removal_curve`` (the curves as a chart) and
   ``intervention/{c}/images`` (rows: original samples, the top ``top_n`` units ablated
   everywhere, the same units inserted in the centre patch; samples under 64 px enlarged);
-* a JSON report ``{log_dir}/intervention/step_XXXXXXX.json`` (and ``latest.json``).
+* a JSON report ``{log_dir}/intervention/step_XXXXXXX.json`` (and ``latest.json``); each
+  removal curve there holds its values at its ``points``.
+
+**Cost**: the measures share their images. Every concept's removal curve is measured on one
+stream of samples (:func:`~gan_dissect_callbacks.engines.intervention.removal_curves`): the
+originals and the random baseline, which does not depend on the concept, are generated and
+segmented once, and only the unit counts that are logged are ablated. The ACE and the insertion
+of a concept share their inserted images
+(:func:`~gan_dissect_callbacks.engines.intervention.causal_effects`). The numbers are those of
+the engine functions called one by one.
 
 The views are drawn by :mod:`~gan_dissect_callbacks.reporting.intervention`.
 
@@ -64,8 +73,8 @@ from gan_dissect_callbacks.engines.dissection import dissect
 from gan_dissect_callbacks.engines.intervention import (
     ConceptAbsentError,
     NoInsertionSiteError,
-    average_causal_effect,
-    insertion_effect,
+    RemovalCurve,
+    causal_effects,
     insertion_values,
     intervention_images,
     iou_ranking,
@@ -73,6 +82,7 @@ from gan_dissect_callbacks.engines.intervention import (
     optimize_alpha,
     patch_locations,
     removal_curve,
+    removal_curves,
 )
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.intervention import (
@@ -108,7 +118,8 @@ class InterventionCallback(ScheduledAnalysis):
         top_n: how many top units the ACE, the insertion and the image grid edit.
         max_ablated_units: N, the most top units ablated for the removal curve.
         num_random: random unit orders of the removal curve's baseline.
-        log_points: the n of the ``removed_at_n{n}`` scalars (those ≤ ``max_ablated_units``).
+        log_points: the n of the ``removed_at_n{n}`` scalars (those ≤ ``max_ablated_units``):
+            the removal curves are measured at these n and at ``max_ablated_units`` only.
         patch_size: side of the patches P of the ACE and the insertion, in featuremap pixels;
             by default a quarter of the featuremap's side.
         alpha_steps: steps of the α optimisation per concept (0: skip it); its ranking's removal
@@ -128,6 +139,8 @@ class InterventionCallback(ScheduledAnalysis):
             LightningModule's) ``sample_latents``, or standard normal latents of ``latent_dim``.
         latent_dim: latent size, when the modules do not say.
         raise_on_error: re-raise failures of the analysis instead of warning and going on.
+        max_overhead: the largest share of training wall time the analysis may take; the
+            cadence is stretched to hold it (``None``: no budget). See docs/callbacks.md.
         name: the analysis's name, its tag prefix and report folder (default
             ``"intervention"``); give each of several intervention callbacks its own.
     """
@@ -166,6 +179,7 @@ class InterventionCallback(ScheduledAnalysis):
         sample_latents: LatentSampler | None = None,
         latent_dim: int | None = None,
         raise_on_error: bool = False,
+        max_overhead: float | None = 0.05,
         name: str | None = None,
     ) -> None:
         super().__init__(
@@ -179,6 +193,7 @@ class InterventionCallback(ScheduledAnalysis):
             generate=generate,
             sample_latents=sample_latents,
             latent_dim=latent_dim,
+            max_overhead=max_overhead,
         )
         check_name(layer, "layer", example="'generator.layer2'")
         if isinstance(concepts, str) or not concepts:
@@ -249,18 +264,41 @@ class InterventionCallback(ScheduledAnalysis):
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """Analyse at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
         report, source = self._ranking_report(trainer, pl_module, step)
+        rankings = {c: iou_ranking(report, self.layer, c) for c in self._drawn(report)}
+        # One stream of samples for every concept's removal curve: the originals and the random
+        # baseline are shared, and only the logged unit counts are ablated.
+        curves = (
+            removal_curves(
+                self.analysed_generator,
+                self.layer,
+                self.segmenter,
+                rankings,
+                max_units=self.max_ablated_units,
+                num_random=self.num_random,
+                points=self.log_points,
+                **self._sampled(),
+            )
+            if rankings
+            else {}
+        )
         concepts: dict[str, Any] = {}
         images: dict[str, dict[str, Tensor]] = {}
         for concept in self.concepts:
+            concepts[concept], shots = None, None
+            curve = curves.get(concept)
             try:
-                concepts[concept], shots = self._analyse_concept(report, concept)
+                if isinstance(curve, ConceptAbsentError):
+                    raise curve
+                if curve is not None:
+                    concepts[concept], shots = self._analyse_concept(
+                        report, concept, rankings[concept], curve
+                    )
             except ConceptAbsentError as err:  # the generator does not draw it (yet)
                 if self.raise_on_error:
                     raise
                 rank_zero_warn(
                     f"InterventionCallback: concept {concept!r} was skipped at step {step}: {err}"
                 )
-                concepts[concept], shots = None, None
             if shots is not None:
                 images[concept] = shots
         entry = {"step": step, "layer": self.layer, "source": source, "concepts": concepts}
@@ -298,47 +336,42 @@ class InterventionCallback(ScheduledAnalysis):
         )
         return report, "dissect"
 
+    def _drawn(self, report: DissectionReport) -> list[str]:
+        """The tracked concepts the dissection saw; a warning names each one it never saw."""
+        drawn = []
+        for concept in self.concepts:
+            c = report.vocabulary.index(concept)
+            if report.concept_fraction and report.concept_fraction[c] == 0:
+                rank_zero_warn(
+                    f"InterventionCallback: concept {concept!r} is absent from the generated "
+                    "samples at this step, so its intervention was skipped."
+                )
+                continue
+            drawn.append(concept)
+        return drawn
+
+    def _sampled(self) -> dict[str, Any]:
+        """The samples every measure draws."""
+        return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed}
+
     def _analyse_concept(
-        self, report: DissectionReport, concept: str
-    ) -> tuple[dict[str, Any] | None, dict[str, Tensor] | None]:
-        """Every measure for one concept, and its pictures; ``(None, None)`` when never drawn."""
-        c = report.vocabulary.index(concept)
-        if report.concept_fraction and report.concept_fraction[c] == 0:
-            rank_zero_warn(
-                f"InterventionCallback: concept {concept!r} is absent from the generated samples "
-                "at this step, so its intervention was skipped."
-            )
-            return None, None
+        self, report: DissectionReport, concept: str, ranking: list[int], curve: RemovalCurve
+    ) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
+        """Every measure for one concept beside its removal ``curve``, and its pictures."""
         g, layer, seg = self.analysed_generator, self.layer, self.segmenter
-        sampled: dict[str, Any] = {
-            "num_samples": self.num_samples,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-        }
-        ranking = iou_ranking(report, layer, concept)
-        curve = removal_curve(
-            g,
-            layer,
-            seg,
-            concept,
-            ranking,
-            max_units=self.max_ablated_units,
-            num_random=self.num_random,
-            **sampled,
-        )
+        sampled = self._sampled()
         top = ranking[: self.top_n]
         places, centre = self._patches()
         k_all = insertion_values(g, layer, seg, concept, **sampled)
-        ace = average_causal_effect(
-            g, layer, seg, concept, top, values=k_all[top], locations=places, **sampled
+        # The ACE's inserted images are the insertion's: one pass measures both.
+        ace, inserted = causal_effects(
+            g, layer, seg, concept, top, k_all, locations=places, **sampled
         )
-        try:
-            insertion: dict[str, Any] | None = insertion_effect(
-                g, layer, seg, concept, top, locations=places, **sampled
-            ).to_dict()
-        except NoInsertionSiteError as err:
-            rank_zero_warn(f"InterventionCallback: insertion skipped: {err}")
-            insertion = None
+        insertion: dict[str, Any] | None = None
+        if isinstance(inserted, NoInsertionSiteError):
+            rank_zero_warn(f"InterventionCallback: insertion skipped: {inserted}")
+        else:
+            insertion = inserted.to_dict()
         result: dict[str, Any] = {
             "ranking": ranking[: self.max_ablated_units],
             "removal": curve.to_dict(),
@@ -365,6 +398,7 @@ class InterventionCallback(ScheduledAnalysis):
                 alpha.ranking,
                 max_units=self.max_ablated_units,
                 num_random=0,
+                points=self.log_points,
                 **sampled,
             )
             result["alpha"] = {

@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 #: The ``"format"`` of an intervention's JSON report.
-REPORT_FORMAT = "gan_dissect_callbacks.intervention/1"
+#: Version 2: a removal curve's lists hold its values at its ``points`` (version 1: at every n).
+REPORT_FORMAT = "gan_dissect_callbacks.intervention/2"
 #: Samples smaller than this (in pixels) are enlarged (nearest) in the image grid.
 MIN_IMAGE_SIDE = 64
 
@@ -68,15 +69,17 @@ def intervention_scalars(
             continue
         prefix = f"{name}/{concept}"
         curve = numbers["removal"]
+        at = _point_index(curve)
+        alpha_curve = numbers.get("alpha_removal")
+        alpha_at = _point_index(alpha_curve) if alpha_curve is not None else {}
         for n in log_points:
-            if n > len(curve["removed"]):
+            if n not in at:
                 continue
-            scalars[f"{prefix}/removed_at_n{n}"] = curve["removed"][n - 1]
+            scalars[f"{prefix}/removed_at_n{n}"] = curve["removed"][at[n]]
             if curve["random_mean"]:
-                scalars[f"{prefix}/random_removed_at_n{n}"] = curve["random_mean"][n - 1]
-            if "alpha_removal" in numbers:
-                alpha_removed = numbers["alpha_removal"]["removed"]
-                scalars[f"{prefix}/alpha_removed_at_n{n}"] = alpha_removed[n - 1]
+                scalars[f"{prefix}/random_removed_at_n{n}"] = curve["random_mean"][at[n]]
+            if alpha_curve is not None and n in alpha_at:
+                scalars[f"{prefix}/alpha_removed_at_n{n}"] = alpha_curve["removed"][alpha_at[n]]
         scalars[f"{prefix}/ace"] = numbers["ace"]["ace"]
         insertion = numbers["insertion"]
         if insertion is None:
@@ -88,8 +91,21 @@ def intervention_scalars(
     return scalars
 
 
+def _point_index(curve: Mapping[str, Any]) -> dict[int, int]:
+    """``{n: entry}`` of a curve's lists; a curve without ``points`` holds every n = 1…N."""
+    points = curve.get("points") or range(1, len(curve["removed"]) + 1)
+    return {int(n): i for i, n in enumerate(points)}
+
+
+def _chart_points(curve: Mapping[str, Any]) -> list[int]:
+    """The unit counts the chart draws: 0 (nothing ablated), then the curve's points."""
+    return [0, *_point_index(curve)]
+
+
 def removal_chart(concept: str, numbers: Mapping[str, Any], layer: str) -> Figure:
     """The removal curves of one concept: the IoU ranking, random units, the α ranking.
+
+    Each curve is drawn through the unit counts it was evaluated at (its ``points``).
 
     Example:
         >>> curve = {"removed": [0.5, 0.9], "random_mean": [0.1, 0.2]}
@@ -100,10 +116,16 @@ def removal_chart(concept: str, numbers: Mapping[str, Any], layer: str) -> Figur
     fig = Figure(figsize=(4.0, 3.0), dpi=80)
     ax = fig.add_subplot()
     curve = numbers["removal"]
-    ns = list(range(len(curve["removed"]) + 1))
+    ns = _chart_points(curve)
     ax.plot(ns, [0.0, *curve["removed"]], marker="o", label="top units (IoU)")
     if "alpha_removal" in numbers:
-        ax.plot(ns, [0.0, *numbers["alpha_removal"]["removed"]], marker="s", label="top units (α)")
+        alpha_curve = numbers["alpha_removal"]
+        ax.plot(
+            _chart_points(alpha_curve),
+            [0.0, *alpha_curve["removed"]],
+            marker="s",
+            label="top units (α)",
+        )
     if curve["random_mean"]:
         ax.plot(ns, [0.0, *curve["random_mean"]], linestyle="--", color="grey", label="random")
     ax.set_xlabel("units ablated")

@@ -22,6 +22,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
 from gan_dissect_callbacks.callbacks.intervention import InterventionCallback
 from gan_dissect_callbacks.demos.gan import SceneGAN
+from gan_dissect_callbacks.engines.intervention import (
+    average_causal_effect,
+    insertion_effect,
+    insertion_values,
+    removal_curve,
+)
 from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
@@ -108,7 +114,9 @@ def callback(layer: str = LAYER, **kwargs: Any) -> InterventionCallback:
         "raise_on_error": True,
     }
     options.update(kwargs)
-    return InterventionCallback(layer, ["reddish", "bluish"], segmenter(), **options)
+    return InterventionCallback(
+        layer, ["reddish", "bluish"], segmenter(), **options, max_overhead=None
+    )
 
 
 def read_events(logger: TensorBoardLogger) -> EventAccumulator:
@@ -154,7 +162,8 @@ def test_harmless_and_logs_its_tags(tmp_path: Path) -> None:
 
     logged = events.Scalars("intervention/reddish/removed_at_n3")[-1].value
     entry = watched.history[-1]["concepts"]["reddish"]
-    assert logged == pytest.approx(entry["removal"]["removed"][2], abs=1e-6)
+    assert entry["removal"]["points"] == [1, 3]  # only the logged unit counts are ablated
+    assert logged == pytest.approx(entry["removal"]["removed"][1], abs=1e-6)
     on_disk = json.loads((Path(logger.log_dir) / "intervention" / "latest.json").read_text())
     assert on_disk["step"] == 4
     assert on_disk["concepts"]["reddish"]["ranking"] == entry["ranking"]
@@ -165,7 +174,7 @@ def test_takes_the_ranking_from_the_dissection_it_is_given(tmp_path: Path) -> No
     dissection = DissectionCallback(
         [LAYER], segmenter(), every_n_train_steps=2, on_train_start=False, on_train_end=False,
         num_samples=16, top_k=0, top_n=0,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     watched = callback(num_images=0, dissection=dissection)
     # A DissectionCallback among the trainer's callbacks is not looked for: only one given is read.
     alone = callback(num_images=0, name="intervention_alone")
@@ -183,7 +192,7 @@ def test_absent_concept_is_skipped_with_a_warning(tmp_path: Path) -> None:
     watched = InterventionCallback(
         LAYER, ["never", "reddish"], segmenter(), every_n_train_steps=2, on_train_end=False,
         num_samples=8, max_ablated_units=2, num_random=0, num_images=0, dissect_samples=8,
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     with pytest.warns(UserWarning, match=r"concept 'never' is absent"):
         fit([watched], tmp_path, batches=2)
     concepts = watched.history[-1]["concepts"]
@@ -206,23 +215,23 @@ def test_failure_warns_and_training_goes_on(tmp_path: Path) -> None:
 def test_bad_arguments() -> None:
     seg = segmenter()
     with pytest.raises(ValueError, match=r"Unknown concept\(s\) \['sky'\].*reddish, bluish"):
-        InterventionCallback(LAYER, ["sky"], seg)
+        InterventionCallback(LAYER, ["sky"], seg, max_overhead=None)
     with pytest.raises(ValueError, match=r"`every_n_train_steps` to be None or an int ≥ 1"):
-        InterventionCallback(LAYER, ["reddish"], seg, every_n_train_steps=0)
+        InterventionCallback(LAYER, ["reddish"], seg, every_n_train_steps=0, max_overhead=None)
     with pytest.raises(ValueError, match=r"`concepts` to be a non-empty list"):
-        InterventionCallback(LAYER, "reddish", seg)
+        InterventionCallback(LAYER, "reddish", seg, max_overhead=None)
     with pytest.raises(TypeError, match=r"Segmenter protocol"):
-        InterventionCallback(LAYER, ["reddish"], object())  # type: ignore[arg-type]
+        InterventionCallback(LAYER, ["reddish"], object(), max_overhead=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`rule` to be one of"):
-        InterventionCallback(LAYER, ["reddish"], seg, rule="median")  # type: ignore[arg-type]
+        InterventionCallback(LAYER, ["reddish"], seg, rule="median", max_overhead=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`top_n` to be an int ≥ 1, but got 0"):
-        InterventionCallback(LAYER, ["reddish"], seg, top_n=0)
+        InterventionCallback(LAYER, ["reddish"], seg, top_n=0, max_overhead=None)
     with pytest.raises(TypeError, match=r"`dissection` to be None or a DissectionCallback"):
-        InterventionCallback(LAYER, ["reddish"], seg, dissection=object())  # type: ignore[arg-type]
+        InterventionCallback(LAYER, ["reddish"], seg, dissection=object(), max_overhead=None)  # type: ignore[arg-type]
 
 
 def test_unknown_layer_fails_in_setup(tmp_path: Path) -> None:
-    watched = InterventionCallback("generator.layer9", ["reddish"], segmenter())
+    watched = InterventionCallback("generator.layer9", ["reddish"], segmenter(), max_overhead=None)
     with pytest.raises(ValueError, match=r"Unknown layer 'generator.layer9'"):
         fit([watched], tmp_path, batches=1)
 
@@ -243,7 +252,7 @@ def test_two_named_callbacks_write_two_reports_and_tag_sets(tmp_path: Path) -> N
         LAYER, ["bluish"], segmenter(), every_n_train_steps=2, on_train_end=False, num_samples=8,
         max_ablated_units=2, num_random=0, top_n=2, num_images=0, dissect_samples=8,
         raise_on_error=True, name="intervention_b",
-    )  # fmt: skip
+     max_overhead=None)  # fmt: skip
     assert first.state_key != callback(num_images=0).state_key  # a name makes the key distinct
     _, _, logger = fit([first, second], tmp_path, batches=2)
     for name, concept in (("intervention_a", "reddish"), ("intervention_b", "bluish")):
@@ -274,6 +283,40 @@ def test_intervenes_on_a_generator_kept_outside_the_module(tmp_path: Path) -> No
     for key, value in outside.state_dict().items():
         assert torch.equal(value, state[key]), key
 
-    wrong = InterventionCallback(LAYER, ["reddish"], segmenter(), generator=outside)
+    wrong = InterventionCallback(
+        LAYER, ["reddish"], segmenter(), generator=outside, max_overhead=None
+    )
     with pytest.raises(ValueError, match=r"Unknown layer 'generator.layer2'.*Valid layers: layer1"):
         fit([wrong], tmp_path / "wrong", batches=1)
+
+
+def test_logged_numbers_equal_the_engine_functions_one_by_one(tmp_path: Path) -> None:
+    """Shared images and logged-only unit counts change no number the callback records."""
+    watched = callback(num_random=2, log_points=(1, 2), num_images=0)
+    fit([watched], tmp_path, batches=2)  # one analysis, of the trained model
+    g = watched.analysed_generator
+    places, _ = watched._patches()
+    sampled: dict[str, Any] = {"num_samples": 8, "batch_size": 16, "seed": 0}
+    for concept in ("reddish", "bluish"):
+        numbers = watched.history[-1]["concepts"][concept]
+        ranking = numbers["ranking"]
+        curve = removal_curve(g, LAYER, segmenter(), concept, ranking, max_units=3, num_random=2,
+                              **sampled)  # fmt: skip
+        removal = numbers["removal"]
+        assert removal["points"] == [1, 2, 3]
+        assert removal["removed"] == curve.removed and removal["net_removed"] == curve.net_removed
+        assert removal["random_mean"] == curve.random_mean
+        assert removal["random_units"] == curve.random_units
+        k_all = insertion_values(g, LAYER, segmenter(), concept, **sampled)
+        top = ranking[:2]
+        ace = average_causal_effect(g, LAYER, segmenter(), concept, top, values=k_all[top],
+                                    locations=places, **sampled)  # fmt: skip
+        assert numbers["ace"] == ace.to_dict()
+        insertion = insertion_effect(g, LAYER, segmenter(), concept, top, locations=places,
+                                     **sampled).to_dict()  # fmt: skip
+        logged = numbers["insertion"]
+        for name in ("fraction_gained", "pixels_gained", "fraction_before"):
+            assert logged.pop(name) == pytest.approx(insertion.pop(name), abs=1e-9), name
+        gains = logged.pop("random_fraction_gained")
+        assert gains == pytest.approx(insertion.pop("random_fraction_gained"), abs=1e-9)
+        assert logged == insertion

@@ -11,9 +11,10 @@ featuremap pixels P:
 - **average causal effect** (:func:`average_causal_effect`)
   ``δ_U→c = E_z,P[s_c(x_i)] − E_z,P[s_c(x_a)]``;
 - **removal curves** (:func:`removal_curve`): ablate the top-n units of a ranking over the whole
-  image, n = 1…N, and report the fraction of the concept's pixels removed, against n random
-  units;
-- **insertion** where the concept is absent (:func:`insertion_effect`): the pixels gained;
+  image, n = 1…N (or at chosen n), and report the fraction of the concept's pixels removed,
+  against n random units; :func:`removal_curves` measures several concepts on shared images;
+- **insertion** where the concept is absent (:func:`insertion_effect`): the pixels gained
+  (:func:`causal_effects` measures it with the ACE, on the images they share);
 - the **continuous intervention** (:func:`optimize_alpha`):
   ``α* = argmin_α −δ_α + λ‖α‖₂`` through a soft segmenter, which ranks the units by α.
 
@@ -38,9 +39,9 @@ processes; :func:`insertion_values` and :func:`optimize_alpha` compute the same 
 process. All ranks must call them together.
 
 **Where each idea lives.** ``results`` (what the measures return), ``values`` (k), ``ranking``
-(IoU rankings, patches P), ``ace``, ``removal``, ``insertion``, ``alpha`` (the continuous
-intervention) and ``images`` (the pictures); ``_prepared`` checks an analysis and probes its
-layer once for all of them.
+(IoU rankings, patches P), ``ace``, ``removal``, ``insertion``, ``effects`` (the ACE and the
+insertion on shared images), ``alpha`` (the continuous intervention) and ``images`` (the
+pictures); ``_prepared`` checks an analysis and probes its layer once for all of them.
 
 Example:
     >>> import torch
@@ -70,6 +71,7 @@ Example:
 from gan_dissect_callbacks.arguments import Measure, ValueRule
 from gan_dissect_callbacks.engines.intervention.ace import average_causal_effect
 from gan_dissect_callbacks.engines.intervention.alpha import optimize_alpha
+from gan_dissect_callbacks.engines.intervention.effects import causal_effects
 from gan_dissect_callbacks.engines.intervention.images import intervention_images
 from gan_dissect_callbacks.engines.intervention.insertion import insertion_effect
 from gan_dissect_callbacks.engines.intervention.ranking import (
@@ -77,7 +79,7 @@ from gan_dissect_callbacks.engines.intervention.ranking import (
     iou_scores,
     patch_locations,
 )
-from gan_dissect_callbacks.engines.intervention.removal import removal_curve
+from gan_dissect_callbacks.engines.intervention.removal import removal_curve, removal_curves
 from gan_dissect_callbacks.engines.intervention.results import (
     ACEResult,
     AlphaResult,
@@ -103,6 +105,7 @@ __all__ = [
     "RemovalCurve",
     "ValueRule",
     "average_causal_effect",
+    "causal_effects",
     "concept_weighted_mean",
     "insertion_effect",
     "insertion_values",
@@ -112,4 +115,5 @@ __all__ = [
     "optimize_alpha",
     "patch_locations",
     "removal_curve",
+    "removal_curves",
 ]

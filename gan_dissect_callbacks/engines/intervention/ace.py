@@ -98,20 +98,38 @@ def average_causal_effect(
         totals = _ace_sums(
             s, index, k, places, measure, soft, num_samples, batch_size, seed, progress
         )
-    totals = all_reduce_sum(totals)
+    return ace_result(
+        layer, concept, index, k, all_reduce_sum(totals), num_samples, int(places.shape[0]),
+        measure=measure, soft=soft,
+    )  # fmt: skip
+
+
+def ace_result(
+    layer: str,
+    concept: str,
+    units: Tensor,
+    values: Tensor,
+    totals: Tensor,
+    num_samples: int,
+    num_locations: int,
+    *,
+    measure: str,
+    soft: bool,
+) -> ACEResult:
+    """The :class:`ACEResult` of summed ``[Σ s_c(x_i), Σ s_c(x_a), Σ s_c(x), pairs]``."""
     count = totals[3].item()
     inserted, ablated, original = (float(v) / count for v in totals[:3])
     return ACEResult(
         layer=layer,
         concept=concept,
-        units=index.tolist(),
-        values=k.tolist(),
+        units=units.tolist(),
+        values=values.tolist(),
         ace=inserted - ablated,
         inserted=inserted,
         ablated=ablated,
         original=original,
         num_samples=num_samples,
-        num_locations=int(places.shape[0]),
+        num_locations=num_locations,
         measure=measure,
         soft=soft,
     )

@@ -108,15 +108,57 @@ def insertion_effect(
         if num_random and every is None:
             every = unit_values(s, "concept_mean", 0.99, num_samples, batch_size, seed)
             every = every.double()
-        draws = torch.Generator().manual_seed(seed)
-        random_sets = [
-            torch.randperm(s.num_units, generator=draws)[: index.numel()] for _ in range(num_random)
-        ]
-        sets = [(index, k)] + [(u, every[u]) for u in random_sets if every is not None]
+        random_units, sets = insertion_sets(s, index, k, every, num_random, seed)
         sums = _insertion_sums(
             s, sets, places, float(absent_fraction), num_samples, batch_size, seed, progress
         )
     sums = all_reduce_sum(sums)
+    return insertion_result(
+        layer, concept, index, k, random_units, sums, float(absent_fraction), num_samples
+    )
+
+
+def insertion_sets(
+    s: PreparedAnalysis,
+    units: Tensor,
+    k: Tensor,
+    every: Tensor | None,
+    num_random: int,
+    seed: int,
+) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
+    """The random baseline's seeded unit sets, and every inserted (units, k): the units first."""
+    draws = torch.Generator().manual_seed(seed)
+    random_units = [
+        torch.randperm(s.num_units, generator=draws)[: units.numel()] for _ in range(num_random)
+    ]
+    sets = [(units, k)] + [(u, every[u]) for u in random_units if every is not None]
+    return random_units, sets
+
+
+def insertion_stats(
+    after: Tensor, i: Tensor, p: Tensor, inside: Tensor, regions: Tensor, region_size: Tensor
+) -> Tensor:
+    """``[n, 3]`` float64 per inserted pair ``(i, p)``: fraction gained, pixels gained, before.
+
+    ``after`` are the concept's masks of the inserted images, ``inside[i, p]`` the concept's
+    pixels in region ``p`` of original ``i`` and ``regions`` the bool regions P↑.
+    """
+    gained = (after & regions[p]).sum((1, 2)).float() - inside[i, p]
+    before = inside[i, p] / region_size[p]
+    return torch.stack([gained / region_size[p], gained, before], 1).double().cpu()
+
+
+def insertion_result(
+    layer: str,
+    concept: str,
+    units: Tensor,
+    k: Tensor,
+    random_units: list[Tensor],
+    sums: Tensor,
+    absent_fraction: float,
+    num_samples: int,
+) -> InsertionResult:
+    """The :class:`InsertionResult` of the summed ``[sets, 5]`` counts of every process."""
     pairs, candidates = int(sums[0, 3].item()), int(sums[0, 4].item())
     if pairs == 0:
         raise NoInsertionSiteError(
@@ -127,13 +169,13 @@ def insertion_effect(
     return InsertionResult(
         layer=layer,
         concept=concept,
-        units=index.tolist(),
+        units=units.tolist(),
         values=k.tolist(),
         fraction_gained=float(sums[0, 0] / pairs),
         pixels_gained=float(sums[0, 1] / pairs),
         fraction_before=float(sums[0, 2] / pairs),
         random_fraction_gained=[float(row[0] / pairs) for row in sums[1:]],
-        random_units=[u.tolist() for u in random_sets],
+        random_units=[u.tolist() for u in random_units],
         num_pairs=pairs,
         num_candidates=candidates,
         absent_fraction=float(absent_fraction),
@@ -186,9 +228,7 @@ def _insertion_sums(
             i, p = pair_rows[part].unbind(1)
             edit = UnitEdit(alpha=alphas[which], value=values[which], where=where_all[p])
             after = s.concept_scores(s.images(z[i.to(z.device)], edit)) > 0.5
-            gained = (after & regions[p]).sum((1, 2)).float() - inside[i, p]
-            before = inside[i, p] / region_size[p]
-            stats = torch.stack([gained / region_size[p], gained, before], 1).double().cpu()
+            stats = insertion_stats(after, i, p, inside, regions, region_size)
             sums[:, :3].index_add_(0, which.cpu(), stats)
         done += b
         if progress is not None:

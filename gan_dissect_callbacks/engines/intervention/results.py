@@ -71,13 +71,15 @@ class ACEResult:
 class RemovalCurve:
     """Fraction of a concept's pixels removed by ablating the top-n units of a ranking.
 
-    Entry ``n - 1`` of each list is for ablating ``n`` units over the whole image. Fractions are
-    ratios of pixel counts summed over all samples.
+    The curve is evaluated at the unit counts ``points``: entry ``i`` of each list is for
+    ablating ``n = points[i]`` units over the whole image (by default every ``n = 1…N``, so
+    entry ``n - 1`` is for ``n``). Fractions are ratios of pixel counts summed over all samples.
 
     Attributes:
         layer: the edited layer.
         concept: the concept measured.
         units: the ranked units, best first; the curve ablates ``units[:n]``.
+        points: the unit counts ``n`` evaluated, ascending; the last is ``len(units)``.
         removed: share of the concept's original pixels that are no longer the concept.
         net_removed: ``1 − (concept pixels after) / (concept pixels before)``; lower than
             ``removed`` when the ablation also draws the concept elsewhere (can be negative).
@@ -91,6 +93,7 @@ class RemovalCurve:
     layer: str
     concept: str
     units: list[int]
+    points: list[int]
     removed: list[float]
     net_removed: list[float]
     random_units: list[list[int]]
@@ -108,13 +111,13 @@ class RemovalCurve:
         return [sum(col) / draws for col in zip(*self.random_removed, strict=True)]
 
     def removed_at(self, n: int) -> float:
-        """``removed`` for the top ``n`` units (``n ≥ 1``)."""
-        if not 1 <= n <= len(self.removed):
+        """``removed`` for the top ``n`` units, ``n`` one of ``points``."""
+        if n not in self.points:
             raise ValueError(
-                f"Expected argument `n` in [1, {len(self.removed)}], the curve's unit counts, "
-                f"but got {n}."
+                f"Expected argument `n` to be one of the curve's unit counts {self.points}, but "
+                f"got {n}."
             )
-        return self.removed[n - 1]
+        return self.removed[self.points.index(n)]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (with the random baseline's mean as ``random_mean``)."""

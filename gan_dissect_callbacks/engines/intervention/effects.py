@@ -1,0 +1,208 @@
+"""The ACE and the insertion effect of one set of units, measured on shared images.
+
+:func:`average_causal_effect` inserts the units at every (sample, location P) pair and
+:func:`insertion_effect` inserts the same units, at the same k, at the pairs where the concept was
+absent: those images are the same. :func:`causal_effects` generates and segments them once, with
+the originals, and gives both results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gan_dissect_callbacks.arguments import check_fraction, check_int
+from gan_dissect_callbacks.engines.distributed import all_reduce_sum, dist_info
+from gan_dissect_callbacks.engines.generator import GeneratorLike
+from gan_dissect_callbacks.engines.intervention._prepared import (
+    PreparedAnalysis,
+    check_values,
+    chunks,
+    full_vector,
+    prepared,
+    region_means,
+    twice,
+)
+from gan_dissect_callbacks.engines.intervention.ace import ace_result
+from gan_dissect_callbacks.engines.intervention.insertion import (
+    insertion_result,
+    insertion_sets,
+    insertion_stats,
+)
+from gan_dissect_callbacks.engines.intervention.results import (
+    ACEResult,
+    InsertionResult,
+    NoInsertionSiteError,
+)
+from gan_dissect_callbacks.instrumentation import UnitEdit
+from gan_dissect_callbacks.segmenters.base import Segmenter
+
+__all__ = ["causal_effects"]
+
+
+def causal_effects(
+    generator: GeneratorLike,
+    layer: str,
+    segmenter: Segmenter,
+    concept: str,
+    units: Sequence[int] | Tensor,
+    values: Sequence[float] | Tensor,
+    *,
+    locations: Tensor,
+    absent_fraction: float = 0.0,
+    num_random: int = 1,
+    num_samples: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> tuple[ACEResult, InsertionResult | NoInsertionSiteError]:
+    """The region ACE of ``units`` and their insertion effect, at the same locations and k.
+
+    The results equal those of ``average_causal_effect(..., values=values[units],
+    locations=locations)`` (hard masks, measured inside the edited region) and of
+    ``insertion_effect(..., locations=locations)`` when ``values`` are every unit's
+    :func:`insertion_values` (sums of floats may differ in their last bits, in another order).
+    Each sample is generated and segmented once as is; each (sample, P) pair once inserted and
+    once ablated; the random baseline's insertions are the only images of their own.
+
+    Args:
+        generator: the generator under analysis.
+        layer: dotted name of a layer with ``[B, U, h, w]`` output.
+        segmenter: gives the concept masks of generated images.
+        concept: the concept, a name of the segmenter's vocabulary.
+        units: the units U to ablate and insert.
+        values: k of every unit of the layer ``[U]`` (the random baseline inserts its units at
+            theirs).
+        locations: the pixels P, ``[h, w]`` or ``[L, h, w]``, at the featuremap resolution.
+        absent_fraction: the largest share of the concept a region may hold to count as absent.
+        num_random: random unit sets of the insertion's baseline (0: none).
+        num_samples: latents drawn (split across processes).
+        batch_size: images per forward pass.
+        seed: seed of the latents and of the random units.
+
+    Returns:
+        The :class:`ACEResult`, and the :class:`InsertionResult` or, when the concept covers every
+        location of every sample, the :class:`NoInsertionSiteError` ``insertion_effect`` raises.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
+        >>> from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+        >>> net = nn.Sequential(nn.Unflatten(1, (3, 2, 2)), nn.Tanh())  # unit c paints channel c
+        >>> net.latent_dim = 12
+        >>> seg = GroundTruthSegmenter(ConceptVocabulary.from_pairs([("lit", "color")]),
+        ...                            lambda x: x[:, :1] > 0)
+        >>> corner = torch.tensor([[True, False], [False, False]])
+        >>> ace, insertion = causal_effects(net, "0", seg, "lit", [0], [1.0, 1.0, 1.0],
+        ...                                 locations=corner, num_random=0, num_samples=8)
+        >>> ace.ace, insertion.fraction_gained
+        (1.0, 1.0)
+    """
+    absent_fraction = check_fraction(absent_fraction, "absent_fraction", closed_low=True)
+    num_random = check_int(num_random, "num_random", minimum=0)
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
+    with prepared(generator, layer, segmenter, concept, seed=seed) as s:
+        index = s.units(units)
+        places = s.locations(locations)
+        every = check_values(values, s.num_units, "values")
+        k = every[index]
+        random_units, sets = insertion_sets(s, index, k, every, num_random, seed)
+        totals, sums = _effect_sums(
+            s, index, k, sets, places, float(absent_fraction), num_samples, batch_size, seed
+        )
+    totals, sums = all_reduce_sum(totals), all_reduce_sum(sums)
+    ace = ace_result(
+        layer, concept, index, k, totals, num_samples, int(places.shape[0]),
+        measure="region", soft=False,
+    )  # fmt: skip
+    try:
+        insertion: InsertionResult | NoInsertionSiteError = insertion_result(
+            layer, concept, index, k, random_units, sums, float(absent_fraction), num_samples
+        )
+    except NoInsertionSiteError as err:
+        insertion = err
+    return ace, insertion
+
+
+def _effect_sums(
+    s: PreparedAnalysis,
+    units: Tensor,
+    k: Tensor,
+    sets: list[tuple[Tensor, Tensor]],
+    places: Tensor,
+    absent_fraction: float,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """The ACE's ``[Σ s_c(x_i), Σ s_c(x_a), Σ s_c(x), pairs]`` and the insertion's sums.
+
+    The insertion's sums (``[sets, 5]``, see ``insertion_stats``) count the first set, the units
+    themselves, from the ACE's inserted images.
+    """
+    device = s.device
+    rank, world = dist_info()
+    selected = torch.zeros(s.num_units)
+    selected[units] = 1.0
+    k_full = full_vector(units, k, s.num_units).float()
+    alphas = torch.zeros(len(sets), s.num_units)
+    values = torch.zeros(len(sets), s.num_units)
+    for j, (set_units, set_k) in enumerate(sets):
+        alphas[j, set_units] = 1.0
+        values[j] = full_vector(set_units, set_k, s.num_units).float()
+    alphas, values = alphas.to(device), values.to(device)
+    where_all = places.to(device)
+    weights = s.regions(places)  # [L, S, S'], the ACE's region weights
+    regions = weights > 0
+    region_size = regions.sum((1, 2)).float()
+    num_places = places.shape[0]
+    totals = torch.zeros(4, dtype=torch.float64)
+    sums = torch.zeros(len(sets), 5, dtype=torch.float64)
+    pairs_per_pass = max(1, batch_size // 2)  # an inserted and an ablated image per pair
+    for batch in s.generator.samples(
+        num_samples, batch_size, seed=seed, rank=rank, world_size=world
+    ):
+        z = batch.latents
+        b = z.shape[0]
+        original = s.concept_scores(s.images(z))  # [B, S, S'], 0 or 1
+        weighted = torch.einsum("bst,lst->bl", original, weights)
+        totals[2] += (weighted / weights.sum((1, 2))).sum().double().cpu()
+        inside = torch.einsum("bst,lst->bl", original, regions.float())  # [B, L]
+        eligible = inside / region_size <= absent_fraction
+        sums[:, 4] += b * num_places
+        sums[:, 3] += int(eligible.sum().item())
+        place_of = torch.arange(num_places).repeat_interleave(b)
+        sample_of = torch.arange(b).repeat(num_places)
+        for part in chunks(place_of.numel(), pairs_per_pass):
+            p, i = place_of[part], sample_of[part]
+            n = p.numel()
+            value = torch.cat([k_full.expand(n, -1), torch.zeros(n, s.num_units)])
+            edit = UnitEdit(
+                alpha=selected,
+                value=value.to(device),
+                where=where_all[p.to(device)].repeat(2, 1, 1),
+            )
+            scores = s.concept_scores(s.images(twice(z[i.to(z.device)]), edit))
+            means = region_means(scores, weights[p.to(device)].repeat(2, 1, 1))
+            totals[0] += means[:n].sum().double().cpu()
+            totals[1] += means[n:].sum().double().cpu()
+            absent = eligible[i.to(device), p.to(device)]
+            if bool(absent.any()):
+                ii, pp = i.to(device)[absent], p.to(device)[absent]
+                after = scores[:n][absent] > 0.5
+                sums[0, :3] += insertion_stats(after, ii, pp, inside, regions, region_size).sum(0)
+        totals[3] += b * num_places
+        pairs = eligible.nonzero()  # [(sample, location)]
+        rows = torch.arange(1, len(sets)).repeat_interleave(pairs.shape[0]).to(device)
+        pair_rows = pairs.repeat(len(sets) - 1, 1)
+        for part in chunks(rows.numel(), batch_size):
+            which = rows[part]
+            i, p = pair_rows[part].unbind(1)
+            edit = UnitEdit(alpha=alphas[which], value=values[which], where=where_all[p])
+            after = s.concept_scores(s.images(z[i.to(z.device)], edit)) > 0.5
+            stats = insertion_stats(after, i, p, inside, regions, region_size)
+            sums[:, :3].index_add_(0, which.cpu(), stats)
+    return totals, sums
