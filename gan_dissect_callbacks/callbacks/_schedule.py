@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.arguments import check_int
@@ -264,6 +264,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
             return
         self._last_step = step
         self._hook = hook
+        # A round of analysis can take a while on a CPU; the progress bar stands still meanwhile.
+        rank_zero_info(f"{type(self).__name__}: the {self._what} at step {step} runs ...")
         started = self._clock()
         try:
             with self._reported(step):
@@ -273,6 +275,10 @@ class ScheduledAnalysis(pl.Callback, ABC):
             seconds = self._clock() - started
             _ANALYSIS_SECONDS[0] += seconds
             since = self.budget.record_analysis(seconds, step)
+        rank_zero_info(
+            f"{type(self).__name__}: the {self._what} at step {step} took {seconds:.1f} s "
+            f"(analyses so far: {100 * self.budget.overhead:.1f}% of the training time)"
+        )
         if trainer.is_global_zero:
             self._log_cost(trainer, step, since)
 

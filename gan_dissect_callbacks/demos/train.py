@@ -128,13 +128,15 @@ def default_callbacks(every_n_batches: int = 500, num_samples: int = 256) -> lis
     from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 
     segmenter = load_toy_segmenter()
-    # The untrained baseline (step 0) starts the dissection and quality curves.
+    # The demo shows every analysis at its cadence, so no overhead budget stretches it; the
+    # untrained baseline (step 0) starts the dissection and quality curves.
     dissection = DissectionCallback(
         list(DEMO_LAYERS),
         segmenter,
         every_n_train_steps=every_n_batches,
         on_train_start=True,
         num_samples=num_samples,
+        max_overhead=None,
     )
     return [
         dissection,
@@ -144,8 +146,12 @@ def default_callbacks(every_n_batches: int = 500, num_samples: int = 256) -> lis
             segmenter,
             every_n_train_steps=every_n_batches,
             dissection=dissection,
+            max_overhead=None,
         ),
         QualityMonitor(
-            every_n_train_steps=every_n_batches, on_train_start=True, num_samples=num_samples
+            every_n_train_steps=every_n_batches,
+            on_train_start=True,
+            num_samples=num_samples,
+            max_overhead=None,
         ),
     ]
