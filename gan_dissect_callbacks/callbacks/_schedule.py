@@ -254,7 +254,11 @@ class ScheduledAnalysis(pl.Callback, ABC):
         own call of that hook.
         """
         step = batch_step(trainer) + 1
-        if hook is not None and self._due(trainer, hook, step):
+        if (
+            hook is not None
+            and self._due(trainer, hook, step)
+            and self._within_budget(trainer, hook)
+        ):
             self._run(trainer, pl_module, step, hook)
 
     def _run(
@@ -266,13 +270,16 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self._hook = hook
         # A round of analysis can take a while on a CPU; the progress bar stands still meanwhile.
         rank_zero_info(f"{type(self).__name__}: the {self._what} at step {step} runs ...")
-        started = self._clock()
+        started, nested_before = self._clock(), _ANALYSIS_SECONDS[0]
         try:
             with self._reported(step):
                 self._analyse(trainer, pl_module, step)
         finally:
             self._hook = None
-            seconds = self._clock() - started
+            # An analysis run inside this one (the dissection an intervention catches up) has
+            # counted its own time already: this one's cost leaves it out.
+            nested = _ANALYSIS_SECONDS[0] - nested_before
+            seconds = max(0.0, self._clock() - started - nested)
             _ANALYSIS_SECONDS[0] += seconds
             since = self.budget.record_analysis(seconds, step)
         rank_zero_info(
@@ -280,7 +287,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
             f"(analyses so far: {100 * self.budget.overhead:.1f}% of the training time)"
         )
         if trainer.is_global_zero:
-            self._log_cost(trainer, step, since)
+            with self._reported(step):  # a logger's failure is the analysis's, not training's
+                self._log_cost(trainer, step, since)
 
     def _log_cost(self, trainer: pl.Trainer, step: int, since: int | None) -> None:
         """What the analysis costs, where every logger sees it beside the curves."""

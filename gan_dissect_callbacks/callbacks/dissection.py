@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from gan_dissect_callbacks.arguments import (
     THRESHOLD_RULES,
+    ThresholdRule,
     check_choice,
     check_fraction,
     check_int,
@@ -121,7 +122,7 @@ class DissectionCallback(ScheduledAnalysis):
         num_samples: int = 256,
         batch_size: int = 64,
         seed: int = 0,
-        rule: str = "quantile",
+        rule: ThresholdRule = "quantile",
         quantile: float = 0.99,
         iou_cutoff: float = 0.04,
         iqr_cutoff: float = DEFAULT_IQR_CUTOFF,

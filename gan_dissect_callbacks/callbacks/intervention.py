@@ -18,7 +18,7 @@ the callback's ``name``, ``"intervention"`` by default):
 * images ``intervention/{c}/removal_curve`` (the curves as a chart) and
   ``intervention/{c}/images`` (rows: original samples, the top ``top_n`` units ablated
   everywhere, the same units inserted in the centre patch; samples under 64 px enlarged);
-* a JSON report ``{log_dir}/intervention/step_XXXXXXX.json`` (and ``latest.json``); each
+* a JSON report ``{log_dir}/{name}/step_XXXXXXX.json`` (and ``latest.json``); each
   removal curve there holds its values at its ``points``.
 
 **Cost**: the measures share their images. Every concept's removal curve is measured on one
@@ -70,6 +70,7 @@ from gan_dissect_callbacks.arguments import (
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
 from gan_dissect_callbacks.engines.dissection import dissect
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.intervention import (
     ConceptAbsentError,
     NoInsertionSiteError,
@@ -166,7 +167,7 @@ class InterventionCallback(ScheduledAnalysis):
         top_n: int = 4,
         max_ablated_units: int = 10,
         num_random: int = 3,
-        log_points: Sequence[int] = (1, 2, 5, 10, 20),
+        log_points: Sequence[int] = (1, 2, 5, 10),
         patch_size: int | None = None,
         alpha_steps: int = 0,
         num_images: int = 8,
@@ -226,7 +227,9 @@ class InterventionCallback(ScheduledAnalysis):
             )
         check_choice(rule, "rule", THRESHOLD_RULES)
         quantile = check_fraction(quantile, "quantile")
-        if dissection is not None and not hasattr(dissection, "last_report"):
+        from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
+
+        if dissection is not None and not isinstance(dissection, DissectionCallback):
             raise TypeError(
                 "Expected argument `dissection` to be None or a DissectionCallback, but got "
                 f"{type(dissection).__name__}."
@@ -258,6 +261,22 @@ class InterventionCallback(ScheduledAnalysis):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # finds the generator; warns without a logger
         self.analysed_generator.check_layers([self.layer])  # an unknown name lists the valid ones
+        if self.dissection is None:
+            return
+        if not any(cb is self.dissection for cb in getattr(trainer, "callbacks", [])):
+            raise ValueError(
+                "InterventionCallback(dissection=...) ranks units by a DissectionCallback that is "
+                "not in the Trainer's callbacks, so it never runs. Pass it in "
+                "`Trainer(callbacks=[dissection, intervention])` too, or leave `dissection=None`."
+            )
+        # Setup follows the callbacks' order: the dissection may not have found its own yet.
+        ranked_by = AnalysedGenerator.module_of(pl_module, self.dissection.generator)
+        if ranked_by is not self.analysed_generator.module:
+            raise ValueError(
+                "InterventionCallback(dissection=...) would rank the units of one generator by the "
+                "dissection of another (their `generator=` differ). Give both the same "
+                "`generator=` (e.g. both 'generator_ema')."
+            )
 
     # ------------------------------------------------------------------ the analysis
 

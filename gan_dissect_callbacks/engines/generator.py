@@ -153,18 +153,7 @@ class AnalysedGenerator:
             >>> g.layer_names(), g.module is gan.generator_ema
             (['0'], True)
         """
-        if generator is None:
-            module = pl_module
-        elif isinstance(generator, str):
-            module = resolve_layer(pl_module, generator)  # "Did you mean ...?" and valid names
-        elif isinstance(generator, nn.Module):
-            module = generator
-        else:
-            raise TypeError(
-                "Expected argument `generator` to be None (the module itself), the name of a "
-                f"submodule such as 'generator_ema', or an nn.Module, but got "
-                f"{type(generator).__name__}."
-            )
+        module = cls.module_of(pl_module, generator)
         owner = pl_module if module is not pl_module else None
         return cls(
             module,
@@ -172,6 +161,26 @@ class AnalysedGenerator:
             sample_latents=sample_latents,
             latent_dim=latent_dim,
             owner=owner,
+        )
+
+    @staticmethod
+    def module_of(pl_module: nn.Module, generator: str | nn.Module | None) -> nn.Module:
+        """The module :meth:`of` would analyse: ``pl_module``, its named submodule, or the module.
+
+        Raises:
+            ValueError: an unknown submodule name (with close matches and the valid names).
+            TypeError: a ``generator`` of another type.
+        """
+        if generator is None:
+            return pl_module
+        if isinstance(generator, str):
+            return resolve_layer(pl_module, generator)  # "Did you mean ...?" and valid names
+        if isinstance(generator, nn.Module):
+            return generator
+        raise TypeError(
+            "Expected argument `generator` to be None (the module itself), the name of a "
+            f"submodule such as 'generator_ema', or an nn.Module, but got "
+            f"{type(generator).__name__}."
         )
 
     # ------------------------------------------------------------------ layers and device

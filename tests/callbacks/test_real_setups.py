@@ -315,3 +315,24 @@ def test_the_quality_monitor_measures_the_named_generator(tmp_path):
         values.append(monitor.history[0]["swd_avg"])
     assert values[0] == values[1]  # the EMA was measured, exactly as if it were the generator
     assert values[0] != values[2]  # and not the live generator
+
+
+def test_an_intervention_refuses_a_dissection_it_cannot_use(tmp_path, segmenter):
+    dissection = DissectionCallback(["generator.layer2"], segmenter, **SMALL, max_overhead=None)
+    alone = InterventionCallback(
+        "generator.layer2", ["sky"], segmenter, dissection=dissection, **SMALL, max_overhead=None
+    )
+    with pytest.raises(ValueError, match="not in the Trainer's callbacks"):
+        fit(tmp_path / "a", [alone])
+    ema_dissection = DissectionCallback(
+        ["layer2"], segmenter, generator=copy.deepcopy(SceneGAN(16, 8).generator), **SMALL,
+        max_overhead=None,
+    )  # fmt: skip
+    other = InterventionCallback(
+        "generator.layer2", ["sky"], segmenter, dissection=ema_dissection, **SMALL,
+        max_overhead=None,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="dissection of another"):
+        fit(tmp_path / "b", [ema_dissection, other])
+    with pytest.raises(TypeError, match="a DissectionCallback"):
+        InterventionCallback("generator.layer2", ["sky"], segmenter, dissection=object())
