@@ -174,13 +174,7 @@ def _ace_sums(
         for part in chunks(place_of.numel(), pairs_per_pass):
             p, i = place_of[part], sample_of[part]
             n = p.numel()
-            value = torch.cat([k_full.expand(n, -1), torch.zeros(n, s.num_units)])
-            edit = UnitEdit(
-                alpha=selected,
-                value=value.to(device),
-                where=where_all[p.to(device)].repeat(2, 1, 1),
-            )
-            scores = s.concept_scores(s.images(twice(z[i.to(z.device)]), edit), soft)
+            scores = inserted_then_ablated(s, z, i, p, selected, k_full, where_all, soft)
             means = region_means(scores, regions[p.to(device)].repeat(2, 1, 1))
             totals[0] += means[:n].sum().double().cpu()
             totals[1] += means[n:].sum().double().cpu()
@@ -189,3 +183,27 @@ def _ace_sums(
         if progress is not None:
             progress(done * world, num_samples)
     return totals
+
+
+def inserted_then_ablated(
+    s: PreparedAnalysis,
+    z: Tensor,
+    samples: Tensor,
+    places: Tensor,
+    selected: Tensor,
+    k_full: Tensor,
+    where_all: Tensor,
+    soft: bool = False,
+) -> Tensor:
+    """``s_c`` of each (sample, place) pair with the units inserted, then with them ablated.
+
+    One forward pass of ``2n`` images: rows ``[:n]`` have the selected units set to ``k_full`` at
+    their place P, rows ``[n:]`` set to 0 there (``[2n, S, S']``).
+    """
+    device = where_all.device
+    n = places.numel()
+    value = torch.cat([k_full.expand(n, -1), torch.zeros(n, s.num_units)])
+    edit = UnitEdit(
+        alpha=selected, value=value.to(device), where=where_all[places.to(device)].repeat(2, 1, 1)
+    )
+    return s.concept_scores(s.images(twice(z[samples.to(z.device)]), edit), soft)

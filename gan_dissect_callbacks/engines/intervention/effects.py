@@ -23,9 +23,8 @@ from gan_dissect_callbacks.engines.intervention._prepared import (
     full_vector,
     prepared,
     region_means,
-    twice,
 )
-from gan_dissect_callbacks.engines.intervention.ace import ace_result
+from gan_dissect_callbacks.engines.intervention.ace import ace_result, inserted_then_ablated
 from gan_dissect_callbacks.engines.intervention.insertion import (
     insertion_result,
     insertion_sets,
@@ -179,13 +178,7 @@ def _effect_sums(
         for part in chunks(place_of.numel(), pairs_per_pass):
             p, i = place_of[part], sample_of[part]
             n = p.numel()
-            value = torch.cat([k_full.expand(n, -1), torch.zeros(n, s.num_units)])
-            edit = UnitEdit(
-                alpha=selected,
-                value=value.to(device),
-                where=where_all[p.to(device)].repeat(2, 1, 1),
-            )
-            scores = s.concept_scores(s.images(twice(z[i.to(z.device)]), edit))
+            scores = inserted_then_ablated(s, z, i, p, selected, k_full, where_all)
             means = region_means(scores, weights[p.to(device)].repeat(2, 1, 1))
             totals[0] += means[:n].sum().double().cpu()
             totals[1] += means[n:].sum().double().cpu()
