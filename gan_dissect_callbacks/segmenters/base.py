@@ -78,12 +78,15 @@ class Segmenter(Protocol):
         ...
 
 
-def check_images(images: Tensor, *, atol: float = IMAGE_RANGE_TOLERANCE) -> None:
+def check_images(images: Tensor, *, atol: float = IMAGE_RANGE_TOLERANCE) -> tuple[float, float]:
     """Check that ``images`` is a segmenter's input: ``[B, 3, H, W]``, float, finite, in [-1, 1].
 
     Args:
         images: the batch to check, ``B ≥ 1``.
         atol: how far outside ``[-1, 1]`` values may be.
+
+    Returns:
+        The lowest and highest value, found by the range check itself.
 
     Raises:
         TypeError: if ``images`` is not a floating tensor.
@@ -93,6 +96,7 @@ def check_images(images: Tensor, *, atol: float = IMAGE_RANGE_TOLERANCE) -> None
     Example:
         >>> import torch
         >>> check_images(torch.zeros(2, 3, 4, 4))
+        (0.0, 0.0)
         >>> check_images(torch.full((1, 3, 2, 2), 255.0))
         Traceback (most recent call last):
         ...
@@ -117,7 +121,7 @@ output with x / 127.5 - 1.
     # One reduction on the happy path: NaN propagates through aminmax and fails the range test.
     lo, hi = (v.item() for v in torch.aminmax(images.detach()))
     if lo >= -1 - atol and hi <= 1 + atol:
-        return
+        return lo, hi
     if not bool(torch.isfinite(images).all()):
         raise ValueError(
             "Expected `images` to be finite, but got NaN or Inf values. Check the generator "

@@ -161,8 +161,7 @@ def stream_samples(
     lowest = float("inf")
     for batch in g.samples(num_samples, batch_size, seed=seed, rank=rank, world_size=world):
         images, acts = g.run(batch.latents, capture=layers)
-        check_images(images)
-        lowest = min(lowest, float(images.detach().amin()))
+        lowest = min(lowest, check_images(images)[0])
         masks = checked_segment(segmenter, images)
         for name in layers:
             if name not in streams:
