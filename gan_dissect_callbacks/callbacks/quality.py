@@ -46,6 +46,8 @@ class QualityMonitor(ScheduledAnalysis):
     descriptors kept between checks) and ``{name}/discriminator_score`` (mean discriminator
     output on the same generated images; comparable only within a run) on the batch step axis.
     Every check uses the same seeded latents. Computed and logged on rank 0 only; no JSON.
+    The real side of the SWD is made once and kept: the real descriptors, and their sorted
+    projections (64 MiB per pyramid level at the defaults), which are half of a check's sorting.
 
     Args:
         real_images: real images (see :mod:`~gan_dissect_callbacks.callbacks._real_images`);
@@ -82,8 +84,8 @@ class QualityMonitor(ScheduledAnalysis):
 
     def __init__(
         self,
-        real_images: RealImages | None = None,
         *,
+        real_images: RealImages | None = None,
         every_n_train_steps: int | None = 500,
         every_n_epochs: int | None = None,
         on_train_start: bool = False,

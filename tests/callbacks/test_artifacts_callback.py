@@ -346,10 +346,22 @@ def test_two_checks_of_one_name_and_layer_clash_as_lightning_says(tmp_path) -> N
 # ---------------------------------------------------------------------------------- quality
 
 
+def test_quality_monitor_takes_its_arguments_by_keyword_as_the_other_callbacks() -> None:
+    real = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(TypeError, match="positional"):
+        QualityMonitor(real)  # type: ignore[misc]
+    assert QualityMonitor(real_images=real).real_images is real
+
+
 def test_quality_monitor_logs_the_swd_and_discriminator_score_of_the_model(tmp_path) -> None:
     real, _ = render_scenes(16, 32, generator=torch.Generator().manual_seed(3))
     monitor = QualityMonitor(
-        real, every_n_train_steps=2, on_train_start=True, num_samples=16, **FAST, max_overhead=None
+        real_images=real,
+        every_n_train_steps=2,
+        on_train_start=True,
+        num_samples=16,
+        **FAST,
+        max_overhead=None,
     )
     trainer = fit(tmp_path, tiny_gan(), [monitor], batches=2)
     # Step 0 measured the untrained model: recompute it from a fresh copy of it.

@@ -15,8 +15,10 @@ from gan_dissect_callbacks.functional.swd import (
     laplacian_pyramid,
     normalize_descriptors,
     random_directions,
+    real_projections,
     sample_descriptors,
     sliced_wasserstein,
+    sort_rows,
     swd,
     swd_from_descriptors,
 )
@@ -237,6 +239,79 @@ def test_projections_match_a_brute_force_mean_over_the_same_directions() -> None
     )
     result = sliced_wasserstein(a, b, num_projections, torch.Generator().manual_seed(9))
     assert result.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(5, 7, 300), (700, 1600)])  # the second is sorted in parallel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sort_rows_gives_exactly_the_values_of_torch_sort(
+    dtype: torch.dtype, shape: tuple[int, ...], threads: int
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    x[..., :40] = x[..., 40:80].round()  # ties, and signed zeros
+    x.view(-1)[:3] = torch.tensor([0.0, -0.0, 0.0], dtype=dtype)
+    before, kept = torch.get_num_threads(), x.clone()
+    torch.set_num_threads(threads)
+    try:
+        got = sort_rows(x)
+        strided = x.transpose(0, -1)  # not contiguous
+        got_strided = sort_rows(strided)
+    finally:
+        torch.set_num_threads(before)
+    assert got.dtype == dtype
+    assert torch.equal(got, x.sort(dim=-1).values)
+    assert torch.equal(got_strided, strided.sort(dim=-1).values)
+    assert torch.equal(x, kept)  # the input is left as it was
+
+
+def _plain_sliced_w1(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> float:
+    """The quantile-function integral on every direction, in float64 with ``torch.sort``."""
+    n, m = a.shape[0], b.shape[0]
+    steps = sorted({i * m for i in range(1, n + 1)} | {j * n for j in range(1, m + 1)})
+    total = 0.0
+    for j in range(directions.shape[1]):
+        pa = (a.double() @ directions[:, j].double()).sort().values
+        pb = (b.double() @ directions[:, j].double()).sort().values
+        previous = 0
+        for t in steps:
+            gap = (pa[(t + m - 1) // m - 1] - pb[(t + n - 1) // n - 1]).abs().item()
+            total += gap * (t - previous) / (n * m)
+            previous = t
+    return total / directions.shape[1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 20),
+    m=st.sampled_from([None, 1, 3, 7, 20]),
+    projections=st.integers(1, 140),
+    seed=st.integers(0, 1000),
+)
+def test_sliced_wasserstein_equals_the_plain_quantile_integral(
+    n: int, m: int | None, projections: int, seed: int
+) -> None:
+    # m=None: both sets of one size, the sorted-gap path; otherwise the segment path.
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 4, generator=g)
+    b = torch.randn(n if m is None else m, 4, generator=g) ** 3
+    directions = random_directions(4, projections, torch.Generator().manual_seed(seed))
+    got = sliced_wasserstein(a, b, projections, torch.Generator().manual_seed(seed)).item()
+    assert got == pytest.approx(_plain_sliced_w1(a, b, directions), rel=1e-5, abs=1e-6)
+
+
+def test_kept_real_projections_give_exactly_the_same_swd() -> None:
+    g = torch.Generator().manual_seed(0)
+    real = {32: torch.randn(50, 3, 7, 7, generator=g), 16: torch.randn(50, 3, 7, 7, generator=g)}
+    fakes = [{r: torch.randn(size, 3, 7, 7, generator=g) ** 3 for r in real} for size in (50, 20)]
+    kept = real_projections(real, 200, torch.Generator().manual_seed(3))
+    for fake in fakes:
+        fresh = swd_from_descriptors(real, fake, 200, torch.Generator().manual_seed(3))
+        again = swd_from_descriptors(
+            real, fake, 200, torch.Generator().manual_seed(3), real_projections=kept
+        )
+        assert again.as_dict() == fresh.as_dict()
+        assert fresh.average.item() > 0
 
 
 def test_identical_sets_give_exactly_zero_in_any_row_order() -> None:

@@ -13,9 +13,15 @@ from gan_dissect_callbacks.functional import swd_sets
 from gan_dissect_callbacks.functional.swd import (
     random_directions,
     sliced_wasserstein,
+    sorted_projections,
     swd_from_descriptors,
 )
-from gan_dissect_callbacks.functional.swd_sets import unit_swd_scores
+from gan_dissect_callbacks.functional.swd_sets import (
+    draw_directions,
+    sort_real,
+    swd_of_sets,
+    unit_swd_scores,
+)
 
 
 @settings(max_examples=25, deadline=None)
@@ -38,7 +44,8 @@ def test_batched_sliced_w1_equals_sliced_wasserstein_of_each_set(
     previous = swd_sets._BLOCK_ELEMENTS
     swd_sets._BLOCK_ELEMENTS = block  # tiny blocks force every chunking path
     try:
-        got = swd_sets._batched_sliced_w1(real, fakes, directions)
+        real_sorted = torch.cat(sorted_projections(real, directions))
+        got = swd_sets._batched_sliced_w1(real_sorted, fakes, directions)
     finally:
         swd_sets._BLOCK_ELEMENTS = previous
     for i in range(sets):
@@ -86,3 +93,30 @@ def test_unit_swd_scores_refuses_mismatched_levels_and_bad_indices() -> None:
 
 def test_unit_swd_scores_is_still_importable_from_the_artifact_engine() -> None:
     assert artifacts.unit_swd_scores is unit_swd_scores
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    k=st.integers(1, 10),
+    sets=st.integers(1, 3),
+    size=st.sampled_from(["equal", "a quarter", "other"]),
+    levels=st.integers(1, 2),
+    seed=st.integers(0, 10_000),
+)
+def test_sets_of_the_real_size_or_another_equal_the_plain_swd_of_each_set(
+    k: int, sets: int, size: str, levels: int, seed: int
+) -> None:
+    # Verification compares sets as large as the real set and unit scoring sets a fraction of it
+    # (summed gap by gap); other sizes take the binary-search path. All equal one
+    # swd_from_descriptors call per set.
+    g = torch.Generator().manual_seed(seed)
+    n = 4 * k
+    m = {"equal": n, "a quarter": k, "other": n + 3}[size]
+    real = {16 << i: torch.randn(n, 3, 7, 7, generator=g) for i in range(levels)}
+    fakes = {r: torch.randn(sets, m, 147, generator=g) ** 3 for r in real}
+    sorted_real = sort_real(real, draw_directions(real, 9, torch.Generator().manual_seed(seed)))
+    got = swd_of_sets(sorted_real, fakes)
+    for i in range(sets):
+        own = {r: f[i].view(m, 3, 7, 7) for r, f in fakes.items()}
+        expected = swd_from_descriptors(real, own, 9, torch.Generator().manual_seed(seed))
+        assert got[i].item() == pytest.approx(expected.average.item(), rel=1e-5, abs=1e-4)

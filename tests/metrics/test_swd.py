@@ -236,6 +236,32 @@ def test_reset_can_keep_the_real_descriptors() -> None:
         metric.compute()
 
 
+def test_kept_real_features_reuse_their_sorted_projections_until_the_real_set_changes() -> None:
+    def fresh(real_batches: list[torch.Tensor], fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        metric = SlicedWassersteinDistance(image_size=32, max_descriptors=512, num_projections=40)
+        for images in real_batches:
+            metric.update(images, real=True)
+        metric.update(fake, real=False)
+        return metric.compute()
+
+    real, more = _smooth_images(2, seed=0), _smooth_images(1, seed=5)
+    metric = SlicedWassersteinDistance(
+        image_size=32, max_descriptors=512, num_projections=40, reset_real_features=False
+    )
+    metric.update(real, real=True)
+    for seed in (1, 2):  # the second check reuses the kept projections
+        fake = _smooth_images(2, seed=seed)
+        metric.update(fake, real=False)
+        assert metric.compute() == fresh([real], fake)
+        metric.reset()
+    kept = metric._real_cache
+    assert kept is not None
+    metric.update(more, real=True)  # the real set changes: its projections are made again
+    metric.update(fake, real=False)
+    assert metric.compute() == fresh([real, more], fake)
+    assert metric._real_cache is not kept
+
+
 def test_forward_only_updates() -> None:
     metric = SlicedWassersteinDistance(image_size=32, max_descriptors=256)
     assert metric(_smooth_images(2), real=True) is None

@@ -10,7 +10,7 @@ on them. The batched SWD math is :mod:`~gan_dissect_callbacks.functional.swd_set
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +31,11 @@ from gan_dissect_callbacks.engines.generator import (
     featuremap_shape,
 )
 from gan_dissect_callbacks.functional.swd_sets import (
+    SortedReal,
     draw_directions,
     flat_descriptors,
     image_descriptors,
+    sort_real,
     swd_of_index_sets,
     unit_chunks,
 )
@@ -296,12 +298,13 @@ def score_units(
             real = flat_descriptors(
                 image_descriptors(real_cpu, num_descriptors_per_image, rng), channels
             )
-            directions = draw_directions(real, num_projections, rng)
+            # The real side is sorted once and shared by every unit, plain and ablated.
+            sorted_real = sort_real(real, draw_directions(real, num_projections, rng))
             if method == "swd":
                 rows = torch.cat([top[scored], torch.arange(top_k).view(1, -1)])
                 needed, inverse = rows.unique(return_inverse=True)
                 per_image = image_descriptors(images[needed], num_descriptors_per_image, rng)
-                swd_rows = swd_of_index_sets(real, per_image, inverse, directions)
+                swd_rows = swd_of_index_sets(sorted_real, per_image, inverse)
                 values[scored], baseline = swd_rows[:-1], float(swd_rows[-1])
             else:
                 values[scored] = _ablation_scores(
@@ -312,8 +315,7 @@ def score_units(
                     top[scored],
                     scored,
                     num_units,
-                    real,
-                    directions,
+                    sorted_real,
                     num_descriptors_per_image,
                     batch_size,
                     rng,
@@ -340,15 +342,14 @@ def _ablation_scores(
     top: Tensor,
     units: Tensor,
     num_units: int,
-    real: Mapping[int, Tensor],
-    directions: Mapping[int, Tensor],
+    real: SortedReal,
     num_descriptors_per_image: int,
     batch_size: int,
     rng: torch.Generator,
 ) -> Tensor:
     """Per unit: SWD of its top images minus SWD of the same latents with the unit ablated."""
     k = top.shape[1]
-    values_per_image = sum(r[0].numel() for r in real.values()) * num_descriptors_per_image
+    values_per_image = sum(d.shape[0] for d in real.directions.values()) * num_descriptors_per_image
     scores = []
     for chunk in unit_chunks(units.shape[0], 2 * k, values_per_image):
         index = top[chunk].reshape(-1)
@@ -363,8 +364,8 @@ def _ablation_scores(
         rows = torch.arange(index.shape[0]).view(-1, k)
         both = torch.cat(
             [
-                swd_of_index_sets(real, plain_descriptors, rows, directions),
-                swd_of_index_sets(real, ablated_descriptors, rows, directions),
+                swd_of_index_sets(real, plain_descriptors, rows),
+                swd_of_index_sets(real, ablated_descriptors, rows),
             ]
         )
         scores.append(both[: rows.shape[0]] - both[rows.shape[0] :])

@@ -28,6 +28,7 @@ from gan_dissect_callbacks.functional.swd_sets import (
     draw_directions,
     flat_descriptors,
     image_descriptors,
+    sort_real,
     swd_of_sets,
 )
 from gan_dissect_callbacks.instrumentation import UnitEdit
@@ -224,7 +225,7 @@ def verify_ablation(
                 for res, d in descriptors.items()
             }
             directions = draw_directions(real, num_projections, rng)
-            values = swd_of_sets(real, pair, directions).tolist()
+            values = swd_of_sets(sort_real(real, directions), pair).tolist()
             seeds.append(latent_seed)
             swd_plain.append(values[0])
             swd_ablated.append(values[1])
