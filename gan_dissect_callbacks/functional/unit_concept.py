@@ -18,10 +18,13 @@ Counting, per batch and without per-unit or per-concept Python loops:
    levels strictly below it — bit-for-bit the decisions ``value > level`` of a brute-force
    comparison, at a fraction of the cost of a binary search;
 3. each pixel's set of present concepts becomes a *label-combination* id (hierarchical
-   multi-label masks have few distinct combinations ``K``); one ``bincount`` over
-   (combination, unit, bin) per block of units, then a ``[K, C]`` matrix product expands
-   combinations to concepts. When masks have many distinct combinations it counts
-   (pixel, concept) pairs instead; both are exact.
+   multi-label masks have few distinct combinations ``K``; past 62 concepts the pixel's code
+   words are hashed into one int64, and a collision, checked for, falls back to comparing
+   rows); one ``bincount`` over (combination, unit, bin) per block of units and
+   ``2**21`` values, then a ``[K, C]`` matrix product expands combinations to concepts. When
+   masks have many distinct combinations it counts (pixel, concept) pairs instead; both are
+   exact. Counts are added into the caller's states in place: a batch allocates no
+   ``[U, L+1, C]`` tensor, only per-block ones.
 
 Exactness holds for all finite float32 activations except one corner: a non-zero value so
 small that scaling it by ``2^-e_u`` leaves the normal float range (below ``2^-126`` times the
@@ -79,6 +82,9 @@ Counting = Literal["auto", "combinations", "pairs"]
 # Values (pixels × units) handled per tensor operation in the counting loop: large enough to
 # amortise Python overhead, small enough to stay in cache.
 _CHUNK_VALUES = 2**20
+# Bin indices collected per bincount: a bincount zeroes its whole output (K·U·(L+1) bins when
+# counting by combinations), so counting many values at once pays that once, not per chunk.
+_BINCOUNT_VALUES = 2**21
 # Largest grid (cells per unit) accepted from explicit levels.
 _MAX_GRID_WIDTH = 2**17
 _BITS_PER_WORD = 62
@@ -262,13 +268,40 @@ def _label_combinations(pixels: Tensor) -> tuple[Tensor, Tensor]:
             codes[row : row + _CODE_ROWS, word] = (bits.long() << shifts[: bits.shape[1]]).sum(
                 dim=1
             )
-    if words == 1:
-        unique, inverse = torch.unique(codes[:, 0], return_inverse=True)
-        unique = unique[:, None]
-    else:
-        unique, inverse = torch.unique(codes, dim=0, return_inverse=True)
-    combinations = ((unique[:, :, None] >> shifts) & 1).bool().reshape(unique.shape[0], -1)
-    return inverse, combinations[:, :num_concepts]
+    # Many concepts: one int64 hash per pixel instead of a far slower row-wise unique.
+    key = codes[:, 0] if words == 1 else _hash_rows(codes)
+    inverse = torch.unique(key, return_inverse=True)[1]
+    first = _first_rows(inverse)
+    if words > 1 and not bool((codes[first][inverse] == codes).all()):  # a hash collision
+        inverse = torch.unique(codes, dim=0, return_inverse=True)[1]
+        first = _first_rows(inverse)
+    return inverse, pixels[first]
+
+
+# The splitmix64 finaliser (a bijection of 64-bit words), as signed int64 constants.
+_MIX = (-4658895280553007687, -7723592293110705685)  # 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _mix(x: Tensor) -> Tensor:
+    """Scramble int64 words so that sparse bit patterns spread over all bits (splitmix64)."""
+    for shift, multiplier in ((30, _MIX[0]), (27, _MIX[1])):
+        x = (x ^ ((x >> shift) & ((1 << (64 - shift)) - 1))) * multiplier
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def _hash_rows(codes: Tensor) -> Tensor:
+    """One int64 per row of ``[N, words]`` int64 codes; equal rows, equal hashes."""
+    hashed = _mix(codes[:, 0])
+    for word in range(1, codes.shape[1]):
+        hashed = _mix(hashed ^ codes[:, word])
+    return hashed
+
+
+def _first_rows(inverse: Tensor) -> Tensor:
+    """For each group of a ``unique(..., return_inverse=True)``, the first row in it."""
+    rows = torch.arange(inverse.shape[0], device=inverse.device)
+    first = torch.full((int(inverse.max()) + 1,), inverse.shape[0], device=inverse.device)
+    return first.scatter_reduce_(0, inverse, rows, "amin")
 
 
 def _check_inputs(
@@ -349,14 +382,88 @@ def _pick_counting(
     return per_combo <= per_pair and combos * UNIT_BLOCK * (num_levels + 1) < 2**31
 
 
-def _unit_concept_update(
-    activations: Tensor, masks: Tensor, bins: _LevelBins, counting: str = "auto"
+def _empty_counts(
+    units: int, num_levels: int, concepts: int, device: torch.device
 ) -> UnitConceptCounts:
-    """Count one validated batch; see :func:`unit_concept_update`."""
+    def zeros(*shape: int) -> Tensor:
+        return torch.zeros(shape, dtype=torch.int64, device=device)
+
+    return UnitConceptCounts(
+        zeros(units, num_levels + 1), zeros(units, num_levels + 1, concepts), zeros(concepts),
+        zeros(), zeros(),
+    )  # fmt: skip
+
+
+class _Bincount:
+    """``bincount`` of int32 indices in ``[0, size)`` given ``[rows, width]`` at a time.
+
+    Callers fill :meth:`slot` views in place; the indices are counted ``_BINCOUNT_VALUES`` at
+    a time, so one bincount (and the zeroing of its output) serves many chunks.
+    """
+
+    def __init__(self, size: int, width: int, device: torch.device) -> None:
+        self.size = size
+        self.buffer = torch.empty(
+            (max(1, _BINCOUNT_VALUES // max(1, width)), width), dtype=torch.int32, device=device
+        )
+        self.filled = 0
+        self.total: Tensor | None = None
+
+    def slot(self, rows: int) -> Tensor:
+        """A ``[rows, width]`` view of the buffer to write indices into."""
+        if self.filled + rows > self.buffer.shape[0]:
+            self._flush()
+        if rows > self.buffer.shape[0]:
+            self.buffer = self.buffer.new_empty((rows, self.buffer.shape[1]))
+        view = self.buffer[self.filled : self.filled + rows]
+        self.filled += rows
+        return view
+
+    def _flush(self) -> None:
+        if not self.filled:
+            return
+        counts = torch.bincount(self.buffer[: self.filled].view(-1), minlength=self.size)
+        self.total = counts if self.total is None else self.total.add_(counts)
+        self.filled = 0
+
+    def counts(self) -> Tensor:
+        """``[size]`` int64 counts of every index given."""
+        self._flush()
+        if self.total is None:
+            return torch.zeros(self.size, dtype=torch.int64, device=self.buffer.device)
+        return self.total
+
+
+def _cell_indices(
+    cells: Tensor, low: Tensor, high: Tensor, offset: Tensor, out: Tensor | None = None
+) -> Tensor:
+    """Flat ``(unit, grid cell)`` int32 indices of grid-scaled values ``[P, units]`` (in place)."""
+    cells.ceil_()
+    torch.clamp(cells, low, high, out=cells)
+    cells.add_(offset)
+    if out is None:
+        return cells.to(torch.int32).view(-1)
+    return out.copy_(cells).view(-1)  # exact: whole numbers below 2**24
+
+
+def _unit_concept_update(
+    activations: Tensor,
+    masks: Tensor,
+    bins: _LevelBins,
+    counting: str = "auto",
+    out: UnitConceptCounts | None = None,
+) -> UnitConceptCounts:
+    """Count one validated batch; see :func:`unit_concept_update`.
+
+    With ``out`` the batch's counts are added into its tensors in place (no count tensor of the
+    full ``[U, L+1, C]`` size is allocated per batch) and ``out`` is returned.
+    """
     batch, units = activations.shape[:2]
     concepts, height, width = masks.shape[1:]
     num_levels = bins.num_levels
     device = activations.device
+    if out is None:
+        out = _empty_counts(units, num_levels, concepts, device)
     scaled = activations.detach().float() * bins.scale.view(1, units, 1, 1)
     if not bool(torch.isfinite(scaled).all()):
         raise ValueError(
@@ -364,24 +471,25 @@ def _unit_concept_update(
         )
     pixels = masks.permute(0, 2, 3, 1).reshape(batch * height * width, concepts)
     concept_pixels = pixels.sum(dim=0)
-    inverse, combinations = _label_combinations(pixels)
     chunk = max(1, _CHUNK_VALUES // (height * width * UNIT_BLOCK))
     chunks = -(-batch // chunk)
-    by_combination = _pick_counting(
-        counting,
-        combinations.shape[0],
-        num_levels,
-        pixels.shape[0],
-        concepts,
-        int(concept_pixels.sum()),
-        chunks,
-    )
+    if concepts == 0:
+        by_combination = False
+    else:
+        inverse, combinations = _label_combinations(pixels)
+        by_combination = _pick_counting(
+            counting,
+            combinations.shape[0],
+            num_levels,
+            pixels.shape[0],
+            concepts,
+            int(concept_pixels.sum()),
+            chunks,
+        )
     if by_combination:
         pixel_term = inverse.to(torch.int32)
-    else:
+    elif concepts:
         pair_pixel, pair_concept = pixels.nonzero(as_tuple=True)
-    unit_bins = torch.zeros((units, num_levels + 1), dtype=torch.int64, device=device)
-    joint_bins = torch.zeros((units, num_levels + 1, concepts), dtype=torch.int64, device=device)
     per_sample = height * width
     for block in range(-(-units // UNIT_BLOCK)):
         start = block * UNIT_BLOCK
@@ -390,48 +498,52 @@ def _unit_concept_update(
         table = bins.table[start:stop].reshape(-1)
         low, high, offset = bins.low[start:stop], bins.high[start:stop], bins.offset[start:stop]
         groups = combinations.shape[0] if by_combination else concepts
-        joint = torch.zeros(groups * span, dtype=torch.int64, device=device)
-        alone = torch.zeros(span, dtype=torch.int64, device=device)
+        joint = _Bincount(groups * span, stop - start, device)
+        # Without concepts, pixels per grid cell; the table maps cells to bins once at the end.
+        alone = _Bincount(span if concepts else table.numel(), stop - start, device)
         for first in range(0, batch, chunk):
             cells = upsample_unit_block(scaled[first : first + chunk], (height, width), block)
             cells = cells.permute(0, 2, 3, 1).reshape(-1, stop - start)  # a view: channels_last
-            cells.ceil_()
-            torch.clamp(cells, low, high, out=cells)
-            cells.add_(offset)
-            index = table.index_select(0, cells.to(torch.int32).view(-1)).view_as(cells)
+            if not concepts:
+                _cell_indices(cells, low, high, offset, out=alone.slot(cells.shape[0]))
+                continue
+            flat = _cell_indices(cells, low, high, offset)
             lo, hi = first * per_sample, first * per_sample + cells.shape[0]
             if by_combination:
+                index = joint.slot(cells.shape[0])
+                torch.index_select(table, 0, flat, out=index.view(-1))
                 index.add_((pixel_term[lo:hi] * span)[:, None])
-                joint += torch.bincount(index.view(-1), minlength=groups * span)
             else:
-                alone += torch.bincount(index.view(-1), minlength=span)
+                index = alone.slot(cells.shape[0])
+                torch.index_select(table, 0, flat, out=index.view(-1))
                 a, b = torch.searchsorted(
                     pair_pixel, torch.tensor([lo, hi], device=device)
                 ).tolist()
-                rows = index.index_select(0, pair_pixel[a:b] - lo)
+                rows = joint.slot(b - a)
+                torch.index_select(index, 0, pair_pixel[a:b] - lo, out=rows)
                 rows += (pair_concept[a:b].to(torch.int32) * span)[:, None]
-                joint += torch.bincount(rows.view(-1), minlength=groups * span)
+        joint_counts, alone_counts = joint.counts(), alone.counts()
+        unit_bins = out.unit_bins[start:stop].view(-1)
         if by_combination:
-            per_combination = joint.view(groups, span)
-            unit_bins[start:stop] = per_combination.sum(dim=0).view(-1, num_levels + 1)
+            per_combination = joint_counts.view(groups, span)
+            unit_bins += per_combination.sum(dim=0)
             # Sums of at most `pixels` ones: exact in float32 below 2**24 pixels, else use float64.
             exact = torch.float32 if pixels.shape[0] < 2**24 else torch.float64
             expanded = per_combination.T.to(exact) @ combinations.to(exact)
-            joint_bins[start:stop] = (
+            out.joint_bins[start:stop] += (
                 expanded.round().long().view(stop - start, num_levels + 1, concepts)
             )
+        elif concepts:
+            unit_bins += alone_counts
+            out.joint_bins[start:stop] += joint_counts.view(
+                concepts, stop - start, num_levels + 1
+            ).permute(1, 2, 0)
         else:
-            unit_bins[start:stop] = alone.view(-1, num_levels + 1)
-            joint_bins[start:stop] = joint.view(concepts, stop - start, num_levels + 1).permute(
-                1, 2, 0
-            )
-    return UnitConceptCounts(
-        unit_bins=unit_bins,
-        joint_bins=joint_bins,
-        concept_pixels=concept_pixels,
-        num_pixels=torch.tensor(pixels.shape[0], dtype=torch.int64, device=device),
-        num_samples=torch.tensor(batch, dtype=torch.int64, device=device),
-    )
+            unit_bins.index_add_(0, table, alone_counts)
+    out.concept_pixels.add_(concept_pixels)
+    out.num_pixels.add_(pixels.shape[0])
+    out.num_samples.add_(batch)
+    return out
 
 
 def unit_concept_levels(
@@ -452,9 +564,11 @@ def unit_concept_levels(
     1. the log-spaced candidates are quantiles ``1 - f`` of ``max_values`` evenly spaced pixels
        (:func:`~gan_dissect_callbacks.functional.threshold.candidate_fractions`);
     2. the dense candidates are chosen among 2048 levels spread evenly (in value) over the
-       band around ``quantile``: *all* pixels are counted above each of them exactly, and for
-       every target of :func:`~gan_dissect_callbacks.functional.threshold.dense_fractions` the
-       level with the closest fraction is kept. A subsample's order statistics would be too
+       band around ``quantile``: *all* pixels are counted above each of them exactly (one
+       histogram over each unit's grid cells, mapped to the candidates afterwards, so no
+       per-pixel lookup), and for every target of
+       :func:`~gan_dissect_callbacks.functional.threshold.dense_fractions` the level with the
+       closest fraction is kept. A subsample's order statistics would be too
        noisy this far in the tail; exact counts keep the dense levels evenly spaced in pixel
        fraction, which is what bounds the quantile rule's error;
     3. everything is snapped to each unit's power-of-two grid.

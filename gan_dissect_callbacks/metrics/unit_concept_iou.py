@@ -257,8 +257,9 @@ class UnitConceptIoU(Metric):
         """Set the candidate levels from a batch of activations ``[B, U, h, w]``.
 
         Activations are upsampled to ``segmentation_size`` first when it is known. Under
-        ``torch.distributed`` every rank must call this together; rank 0's levels are kept.
-        Batches already waiting for levels are counted at these levels.
+        ``torch.distributed`` every rank must call this together: rank 0 calibrates and
+        broadcasts its levels, and a failure there is raised on every rank. Batches already
+        waiting for levels are counted at these levels.
 
         Raises:
             RuntimeError: if samples were already counted (call :meth:`reset` first).
@@ -282,7 +283,7 @@ class UnitConceptIoU(Metric):
                 f"Expected argument `activations` of shape [B, {self.num_units}, h, w], "
                 f"but got {shape}."
             )
-        self._set_levels(self._calibrated_levels(activations.to(self.device)))
+        self._calibrate_together(activations.to(self.device))
 
     def _calibrated_levels(self, activations: Tensor) -> Tensor:
         return unit_concept_levels(
@@ -304,10 +305,35 @@ class UnitConceptIoU(Metric):
     def _rank_zero(self) -> int:
         return 0 if self.process_group is None else dist.get_global_rank(self.process_group, 0)
 
-    def _set_levels(self, levels: Tensor) -> None:
-        levels = levels.to(device=self.levels.device, dtype=torch.float32).contiguous()
-        if self._distributed():
-            dist.broadcast(levels, src=self._rank_zero(), group=self.process_group)
+    def _calibrate_together(self, activations: Tensor) -> None:
+        """Set the levels from ``activations``: on rank 0, then broadcast to every rank.
+
+        Rank 0 first tells every rank whether calibrating worked, so a failure there (an
+        out-of-memory error, say) is raised on every rank instead of leaving the others
+        waiting in the broadcast of levels that never come.
+        """
+        if not self._distributed():
+            self.levels = self._calibrated_levels(activations).to(self.levels.device).contiguous()
+            return
+        shape = (self.num_units, self.num_levels + self.num_dense_levels)
+        levels = torch.empty(shape, dtype=torch.float32, device=self.levels.device)
+        failure: Exception | None = None
+        source = self._rank_zero()
+        if dist.get_rank() == source:
+            try:
+                levels = self._calibrated_levels(activations).to(levels.device).contiguous()
+            except Exception as err:  # reported to every rank below, then re-raised here
+                failure = err
+        failed = torch.tensor(int(failure is not None), device=self.levels.device)
+        dist.broadcast(failed, src=source, group=self.process_group)
+        if failure is not None:
+            raise failure
+        if int(failed):
+            raise RuntimeError(
+                "Expected the levels from process 0, but calibrating them failed there (see its "
+                "error); this process stopped too rather than wait for them."
+            )
+        dist.broadcast(levels, src=source, group=self.process_group)
         self.levels = levels
 
     def _level_bins(self) -> _LevelBins:
@@ -340,12 +366,8 @@ class UnitConceptIoU(Metric):
         return int(waiting) >= self.calibration_samples
 
     def _add(self, activations: Tensor, masks: Tensor) -> None:
-        counts = _unit_concept_update(activations, masks, self._level_bins())
-        self.unit_bins += counts.unit_bins
-        self.joint_bins += counts.joint_bins
-        self.concept_pixels += counts.concept_pixels
-        self.num_pixels += counts.num_pixels
-        self.num_samples += counts.num_samples
+        # Into the states in place: no second [U, L+1, C] count tensor per batch.
+        _unit_concept_update(activations, masks, self._level_bins(), out=self._counts())
 
     def update(self, activations: Tensor, masks: Tensor) -> None:
         """Count one batch (or buffer it until the levels are calibrated).
@@ -389,7 +411,7 @@ class UnitConceptIoU(Metric):
             pending = self._pending()
             assert pending is not None
             if not self.calibrated:
-                self._set_levels(self._calibrated_levels(pending[0]))
+                self._calibrate_together(pending[0])
             self._add(*pending)
             self.pending_activations, self.pending_masks = [], []
 

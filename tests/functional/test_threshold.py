@@ -49,6 +49,26 @@ def test_quantile_levels_equal_torch_quantile(seed, n, ties):
     assert torch.allclose(quantile_levels(values, q), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_quantile_levels_sort_exactly_like_a_float_sort(dtype):
+    g = torch.Generator().manual_seed(0)
+    values = (torch.randn(4, 257, generator=g) * 10).to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    values[0, :40] = 0.0
+    values[0, 40:80] = -0.0
+    values[1, :9] = torch.tensor([math.inf, -math.inf, tiny, -tiny, tiny / 4, -tiny / 4, 1, -1, 0])
+    values[2] = values[2].round()  # ties
+    q = torch.linspace(0, 1, 33, dtype=torch.float64)
+    ordered = values.sort(dim=1).values.double()
+    position = q * (values.shape[1] - 1)
+    below, above = position.floor().long(), position.ceil().long()
+    weight = (position - below).expand(4, -1)
+    expected = torch.lerp(ordered[:, below], ordered[:, above], weight).to(dtype)
+    got = quantile_levels(values, q)
+    assert torch.equal(got.isnan(), expected.isnan())  # inf - inf interpolates to NaN alike
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

@@ -462,3 +462,84 @@ def test_an_autocast_region_around_the_update_does_not_change_the_counts():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = fed().compute()
     _assert_same_result(inside, plain)
+
+
+def _many_concepts(seed, concepts):
+    """Masks with more concepts than one 62-bit code word holds, many of them on together."""
+    acts, masks = random_dissection_data(seed, 3, 5, concepts, (3, 3), (6, 6), "relu")
+    g = torch.Generator().manual_seed(seed)
+    masks |= torch.rand(masks.shape, generator=g) < 0.3
+    masks[:, 64] = masks[:, 0]  # a concept of the second word tied to one of the first
+    return acts, masks
+
+
+@pytest.mark.parametrize("concepts", [63, 130])
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+def test_many_concepts_are_counted_exactly(concepts, counting):
+    acts, masks = _many_concepts(concepts, max(concepts, 65))
+    levels = unit_concept_levels(acts, (6, 6), num_levels=6, num_dense_levels=3)
+    counts = unit_concept_update(acts, masks, levels, counting=counting)
+    brute = brute_force_counts(acts, masks, levels)
+    assert torch.equal(counts_above(counts.unit_bins, dim=1), brute["unit_above"])
+    assert torch.equal(counts_above(counts.joint_bins, dim=1), brute["joint_above"])
+
+
+def test_label_combinations_survive_a_hash_collision(monkeypatch):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    masks = _many_concepts(1, 130)[1]
+    pixels = masks.permute(0, 2, 3, 1).reshape(-1, 130)
+    inverse, combinations = unit_concept._label_combinations(pixels)
+    # Every pixel hashing alike forces the row-wise fallback; the combinations stay exact.
+    monkeypatch.setattr(unit_concept, "_hash_rows", lambda codes: torch.zeros(len(codes)).long())
+    collided, collided_combinations = unit_concept._label_combinations(pixels)
+    for inv, comb in ((inverse, combinations), (collided, collided_combinations)):
+        assert torch.equal(comb[inv], pixels)
+        assert len({tuple(row) for row in comb.tolist()}) == comb.shape[0]  # distinct rows
+    assert combinations.shape == collided_combinations.shape
+
+
+def test_counts_accumulate_in_place_into_out():
+    from gan_dissect_callbacks.functional import unit_concept
+
+    acts, masks = random_dissection_data(3, 6, 34, 3, (3, 3), (6, 6), "none")
+    levels = unit_concept_levels(acts, (6, 6), **SMALL)
+    bins = unit_concept._level_bins(levels)
+    out = unit_concept._empty_counts(34, levels.shape[1], 3, acts.device)
+    joint = out.joint_bins
+    for start in (0, 2, 5):
+        stop = {0: 2, 2: 5, 5: 6}[start]
+        returned = unit_concept._unit_concept_update(
+            acts[start:stop], masks[start:stop], bins, out=out
+        )
+        assert returned is out
+    whole = unit_concept_update(acts, masks, levels)
+    assert out.joint_bins is joint  # added into, never replaced
+    for name in ("unit_bins", "joint_bins", "concept_pixels", "num_pixels", "num_samples"):
+        assert torch.equal(getattr(out, name), getattr(whole, name)), name
+
+
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+def test_a_small_bincount_buffer_gives_the_same_counts(monkeypatch, counting):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    acts, masks = random_dissection_data(4, 5, 34, 4, (4, 4), (8, 8), "round")
+    levels = unit_concept_levels(acts, (8, 8), **SMALL)
+    expected = unit_concept_update(acts, masks, levels, counting=counting)
+    monkeypatch.setattr(unit_concept, "_BINCOUNT_VALUES", 50)  # flushes within every chunk
+    monkeypatch.setattr(unit_concept, "_CHUNK_VALUES", 2**10)
+    counts = unit_concept_update(acts, masks, levels, counting=counting)
+    assert torch.equal(counts.unit_bins, expected.unit_bins)
+    assert torch.equal(counts.joint_bins, expected.joint_bins)
+    assert torch.equal(unit_concept_levels(acts, (8, 8), **SMALL), levels)
+
+
+def test_counts_without_concepts_equal_the_unit_counts_with_them():
+    from gan_dissect_callbacks.functional import unit_concept
+
+    acts, masks = random_dissection_data(5, 4, 34, 3, (3, 3), (6, 6), "relu")
+    levels = unit_concept_levels(acts, (6, 6), **SMALL)
+    bins = unit_concept._level_bins(levels)
+    alone = unit_concept._unit_concept_update(acts, masks[:, :0], bins)
+    assert torch.equal(alone.unit_bins, unit_concept_update(acts, masks, levels).unit_bins)
+    assert alone.joint_bins.shape == (34, levels.shape[1] + 1, 0)

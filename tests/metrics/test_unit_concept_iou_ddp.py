@@ -89,3 +89,42 @@ def test_two_processes_equal_one_process_on_the_same_samples(tmp_path):
     waiting = dataclasses.asdict(unit_concept_iou(acts, masks, **SIZES))
     for result in ranks:
         _assert_equal(result["waiting"], waiting)
+
+
+def _failing_worker(rank, port, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        metric = UnitConceptIoU(UNITS, CONCEPTS, calibration_samples=4, **SIZES)
+        if rank == 0:
+
+            def out_of_memory(activations):
+                raise MemoryError("no memory left for the levels")
+
+            metric._calibrated_levels = out_of_memory
+        try:
+            metric.calibrate(_batches(rank)[0][0])
+            outcome = "calibrated"
+        except Exception as err:
+            outcome = f"{type(err).__name__}: {err}"
+        # Both ranks are still in step: a later collective works.
+        flag = torch.ones(1)
+        dist.all_reduce(flag)
+        torch.save({"outcome": outcome, "after": float(flag)}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_calibration_failure_on_rank_zero_is_raised_on_every_rank(tmp_path):
+    mp.spawn(_failing_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["outcome"] == "MemoryError: no memory left for the levels"
+    assert ranks[1]["outcome"].startswith("RuntimeError: Expected the levels from process 0")
+    assert [r["after"] for r in ranks] == [2.0, 2.0]

@@ -63,7 +63,8 @@ def calibrate_on_first_samples(
     streams: dict[str, LayerStream] = {}
     chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
     # Drawing holds no collective, calibrating does (the levels are broadcast from rank 0): every
-    # process learns whether any one failed to draw before it enters the broadcast.
+    # process learns whether any one failed to draw before it enters the broadcast. A failure
+    # while rank 0 computes the levels reaches every rank through the metric itself.
     with agree_on_failure("the dissection"):
         first = g.latents_for(range(count), num_samples, batch_size, seed=seed)
         for start in range(0, count, batch_size):
@@ -73,6 +74,7 @@ def calibrate_on_first_samples(
                 if name not in streams:
                     streams[name] = new_stream(name, acts[name], masks)
                 chunks[name].append(acts[name].float())
+        calibration = {name: torch.cat(chunks.pop(name)) for name in layers}
     for name in layers:
-        streams[name].metric.calibrate(torch.cat(chunks[name]))
+        streams[name].metric.calibrate(calibration.pop(name))
     return streams
