@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.demos.segmenter import (
+    ToySegmenterNet,
+    degrade,
     evaluate_segmenter,
     load_toy_segmenter,
     load_toy_segmenter_net,
@@ -63,3 +66,53 @@ def test_training_code_learns_and_round_trips_through_the_weights_file(tmp_path)
 def test_missing_weights_name_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-segmenter"):
         load_toy_segmenter_net(tmp_path / "nope.pt")
+
+
+def _layer_by_layer(net: ToySegmenterNet, images: torch.Tensor) -> torch.Tensor:
+    """The U-Net as its modules run it: each block's convs and BatchNorms one after another."""
+    e1 = net.enc1(images)
+    e2 = net.enc2(F.max_pool2d(e1, 2))
+    e3 = net.enc3(F.max_pool2d(e2, 2))
+    d2 = net.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0, mode="bilinear"), e2], 1))
+    d1 = net.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0, mode="bilinear"), e1], 1))
+    return net.head(d1)
+
+
+def test_inference_path_gives_the_modules_logits_and_masks() -> None:
+    """Eval mode folds BatchNorm into the convs: the same logits up to float rounding."""
+    net = load_toy_segmenter_net()
+    images, _ = render_scenes(64, 32, generator=torch.Generator().manual_seed(9))
+    images = torch.cat([images, degrade(images, torch.Generator().manual_seed(10))])
+    with torch.no_grad():
+        fast, reference = net(images), _layer_by_layer(net, images)
+    assert fast.shape == reference.shape and fast.is_contiguous()
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-4)
+    assert torch.equal(fast > 0, reference > 0)
+
+
+def test_inference_path_reads_the_current_statistics_and_passes_gradients() -> None:
+    torch.manual_seed(0)
+    net = ToySegmenterNet(width=4).eval()
+    with torch.no_grad():  # running statistics far from the initial ones
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    images = (torch.rand(4, 3, 16, 16) * 2 - 1).requires_grad_()
+    torch.testing.assert_close(net(images), _layer_by_layer(net, images), rtol=0, atol=1e-5)
+    (grad,) = torch.autograd.grad(net(images).sum(), images)
+    (expected,) = torch.autograd.grad(_layer_by_layer(net, images).sum(), images)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_mode_uses_batch_statistics_as_before() -> None:
+    torch.manual_seed(0)
+    net = ToySegmenterNet(width=4).train()
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    twin = ToySegmenterNet(width=4).train()
+    twin.load_state_dict(net.state_dict())
+    assert torch.equal(net(images), _layer_by_layer(twin, images))
+    for a, b in zip(net.buffers(), twin.buffers(), strict=True):
+        assert torch.equal(a, b)  # both updated their running statistics alike
