@@ -8,11 +8,15 @@ kept outside it: ``generator=``) and logs, per dissected layer, under the analys
 * scalars ``{name}/{layer}/interpretable_units/{category}`` (and ``/total``),
   ``{name}/{layer}/distinct_concepts``, ``{name}/{layer}/label_stability`` (share of the
   previous dissection's interpretable units that kept their concept) and
-  ``{name}/{layer}/mean_best_iou``, grouped by a custom-scalars layout;
+  ``{name}/{layer}/mean_best_iou``; the same numbers once more in one TensorBoard run per layer
+  (``{log_dir}/{name}/{layer}``) and per category (``{log_dir}/{name}/categories/{category}``),
+  so that a chart of the custom-scalars layout draws one coloured line per layer or category;
 * a histogram of every unit's best IoU, ``{name}/{layer}/best_iou``;
 * images: a unit gallery (top units, their top-activating samples with the unit's region
   highlighted, label and IoU written on it) and the paper's unit-class distribution chart;
 * a markdown table of the interpretable units;
+* each layer's top units over training (their IoU and label at every dissection so far), as a
+  heatmap table and a markdown table, from the callback's ``history`` (kept in checkpoints);
 * a JSON report ``{log_dir}/{name}/step_XXXXXXX.json`` (and ``latest.json``), written
   atomically, also when there is no logger.
 
@@ -58,7 +62,7 @@ from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
 from gan_dissect_callbacks.engines.dissection.report import DEFAULT_IQR_CUTOFF
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.dissection import log_dissection, scalar_values, summarise
-from gan_dissect_callbacks.reporting.writing import ReportOutput
+from gan_dissect_callbacks.reporting.writing import ReportOutput, RunWriters
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback"]
@@ -154,7 +158,7 @@ class DissectionCallback(ScheduledAnalysis):
         self.segmenter = check_segmenter(segmenter)
         self.num_samples = check_int(num_samples, "num_samples")
         self.batch_size = check_int(batch_size, "batch_size")
-        self.seed = seed
+        self.seed = check_int(seed, "seed", minimum=0)
         self.rule = check_choice(rule, "rule", THRESHOLD_RULES)
         self.quantile = check_fraction(quantile, "quantile")
         self.iou_cutoff = check_fraction(iou_cutoff, "iou_cutoff", closed_low=True)
@@ -164,6 +168,8 @@ class DissectionCallback(ScheduledAnalysis):
         self.metric_kwargs = dict(metric_kwargs or {})
         self.last_report: DissectionReport | None = None
         self._layout_written = False
+        #: The extra TensorBoard runs (per layer, per category), open until ``teardown``.
+        self._runs = RunWriters()
 
     @property
     def state_key(self) -> str:
@@ -174,6 +180,15 @@ class DissectionCallback(ScheduledAnalysis):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # finds the generator; warns without a logger
         self.analysed_generator.check_layers(self.layers)  # an unknown name lists the valid ones
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._runs.close()  # the runs' event files and writer threads
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._runs.close()
 
     # ------------------------------------------------------------------ the analysis
 
@@ -218,6 +233,9 @@ class DissectionCallback(ScheduledAnalysis):
                 entry,
                 write_layout=not self._layout_written,
                 prefix=self.analysis_name,
+                runs=self._runs,
+                history=self.history,
+                timeline_units=max(1, self.top_n),
             )
         self._layout_written = self._layout_written or bool(output.writers)
         self._write_json_last(output, step, report.to_dict())

@@ -91,6 +91,7 @@ from gan_dissect_callbacks.reporting.intervention import (
     log_intervention,
     report_payload,
 )
+from gan_dissect_callbacks.reporting.writing import RunWriters
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ class InterventionCallback(ScheduledAnalysis):
         self.segmenter = segmenter
         self.num_samples = num_samples
         self.batch_size = batch_size
-        self.seed = seed
+        self.seed = check_int(seed, "seed", minimum=0)
         self.top_n = top_n
         self.max_ablated_units = max_ablated_units
         self.num_random = num_random
@@ -251,6 +252,8 @@ class InterventionCallback(ScheduledAnalysis):
         self.dissect_samples = dissect_samples
         self.rule = rule
         self.quantile = quantile
+        #: One TensorBoard run per concept (coloured lines in one chart), open until teardown.
+        self._runs = RunWriters()
 
     @property
     def state_key(self) -> str:
@@ -277,6 +280,15 @@ class InterventionCallback(ScheduledAnalysis):
                 "dissection of another (their `generator=` differ). Give both the same "
                 "`generator=` (e.g. both 'generator_ema')."
             )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._runs.close()  # the runs' event files and writer threads
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._runs.close()
 
     # ------------------------------------------------------------------ the analysis
 
@@ -328,7 +340,7 @@ class InterventionCallback(ScheduledAnalysis):
                 intervention_scalars(entry, self.log_points, name=self.analysis_name), step
             )
             for writer in out.tensorboard():
-                log_intervention(writer, entry, images, name=self.analysis_name)
+                log_intervention(writer, entry, images, name=self.analysis_name, runs=self._runs)
             self._write_json_last(out, step, report_payload(entry))
 
     def _ranking_report(

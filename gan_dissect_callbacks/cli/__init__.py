@@ -286,4 +286,4 @@ def _write(out: Path, report: Any) -> None:
             writer.close()
     print(report.summary())
     print(f"\nreport:      {step_file}")
-    print(f"tensorboard: tensorboard --logdir {out} --samples_per_plugin images=100")
+    print(f"tensorboard: tensorboard --logdir {out} --samples_per_plugin images=1000")

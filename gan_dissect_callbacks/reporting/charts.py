@@ -6,8 +6,9 @@ figure out; :func:`figure_to_image` turns any figure into a ``[3, H, W]`` tensor
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,8 +34,9 @@ def category_chart(layer: LayerReport, vocabulary: ConceptVocabulary) -> Figure:
     such units. Bars are grouped by category (the vocabulary's order, then categories that only
     the report knows), sorted by count within a category (ties by name), and coloured by
     category; the legend reads ``"object: 3 units"``; the title is the layer's summary line
-    (:meth:`~gan_dissect_callbacks.engines.dissection.LayerReport.summary`). A layer without
-    interpretable units gives a figure that says "no interpretable units".
+    (:meth:`~gan_dissect_callbacks.engines.dissection.LayerReport.summary`). The figure is
+    widened until the legend and the title fit inside it, whatever the categories' names. A
+    layer without interpretable units gives a figure that says "no interpretable units".
 
     The figure is drawn with matplotlib's Agg canvas and is not registered with ``pyplot``, so
     no display is needed and nothing global is touched; :func:`figure_to_image` renders it.
@@ -75,7 +77,7 @@ def category_chart(layer: LayerReport, vocabulary: ConceptVocabulary) -> Figure:
     fig = Figure(figsize=(max(4.0, 1.5 + 0.3 * len(bars)), 3.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    fig.suptitle(layer.summary(vocabulary.categories), fontsize=9)
+    title = fig.suptitle(layer.summary(vocabulary.categories), fontsize=9)
     if not bars:
         ax.text(
             0.5, 0.5, "no interpretable units", ha="center", va="center", transform=ax.transAxes
@@ -92,22 +94,37 @@ def category_chart(layer: LayerReport, vocabulary: ConceptVocabulary) -> Figure:
     ax.set_ylabel("interpretable units", fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(axis="y", labelsize=8)
-    handles = [
-        Patch(color=colours[cat], label=f"{cat}: {n} unit{'' if n == 1 else 's'}")
-        for cat, n in counts.items()
-        if n > 0
-    ]
-    # Above the bars, never over them.
-    ax.legend(
+    labels = {cat: f"{cat}: {n} unit{'' if n == 1 else 's'}" for cat, n in counts.items() if n > 0}
+    handles = [Patch(color=colours[cat], label=label) for cat, label in labels.items()]
+    # Above the bars, never over them; long category names: one entry per line.
+    long = sum(len(label) for label in labels.values()) > 60
+    legend = ax.legend(
         handles=handles,
         loc="lower left",
         bbox_to_anchor=(0.0, 1.0),
-        ncols=min(len(handles), 4),
+        ncols=1 if long else min(len(handles), 4),
         fontsize=8,
         frameon=False,
         borderaxespad=0.2,
     )
+    _fit_width(fig, [legend, title])
     return fig
+
+
+def _fit_width(fig: Figure, artists: list[Any]) -> None:
+    """Widen ``fig`` so that every artist fits inside it (long category names clip otherwise).
+
+    An artist's size does not depend on where the layout puts it, so it is measured without
+    drawing the figure (a constrained-layout draw costs as much as the rendering).
+    """
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    # The axes' left edge, where the legend starts: room for the y tick labels and label.
+    offset = 0.6 * fig.dpi
+    margin = 0.15 * fig.dpi
+    needed = max(offset + a.get_window_extent(renderer).width for a in artists) + margin
+    if needed > fig.bbox.width:
+        # Whole pixels, so the rendered image is exactly the figure's size.
+        fig.set_figwidth(math.ceil(needed) / fig.dpi)
 
 
 def _category_colour(i: int) -> tuple[float, float, float, float]:

@@ -8,7 +8,11 @@ training) and the ``gan-dissect`` command (post hoc), so both produce the same v
 * :func:`scalar_values` names those numbers with their scalar tags;
 * :func:`unit_galleries` draws each layer's gallery from the example images the report carries
   (``report.examples``, see ``dissect(..., top_n=...)``); no model runs here;
-* :func:`log_dissection` writes scalars, histograms, images and text to one ``SummaryWriter``.
+* :func:`run_scalars` gives the same numbers as one TensorBoard run per layer and per category,
+  so that combined charts draw one coloured line per layer (or category) with a legend;
+* :func:`log_dissection` writes scalars, histograms, images and text to one ``SummaryWriter``
+  and its runs, and, given the history, each layer's top units over training
+  (:mod:`~gan_dissect_callbacks.reporting.evolution`).
 
 Every tag starts with ``prefix``, the analysis's name: ``"dissection"`` unless several
 dissections are logged side by side.
@@ -24,18 +28,26 @@ import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.evolution import (
+    timeline_image,
+    timeline_markdown,
+    unit_timeline,
+)
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery
 from gan_dissect_callbacks.reporting.layouts import (
+    category_run,
     custom_scalars_layout,
     label_stability,
+    layer_run,
     layer_scalar_tags,
 )
 from gan_dissect_callbacks.reporting.tables import units_markdown
+from gan_dissect_callbacks.reporting.writing import RunWriters
 
 if TYPE_CHECKING:
     from gan_dissect_callbacks.engines.dissection import DissectionReport, UnitReport
 
-__all__ = ["log_dissection", "scalar_values", "summarise", "unit_galleries"]
+__all__ = ["log_dissection", "run_scalars", "scalar_values", "summarise", "unit_galleries"]
 
 
 def summarise(
@@ -50,7 +62,8 @@ def summarise(
     Returns:
         ``{"step", "layers": {layer: {"interpretable_units": {category: n}, "total",
         "distinct_concepts", "label_stability" (None for the first), "mean_best_iou",
-        "labels"}}}`` — plain values only, so it can live in a checkpoint.
+        "labels", "ious"}}}`` (``ious``: every unit's best IoU, ``None`` where undefined) —
+        plain values only, so it can live in a checkpoint.
     """
     before = previous["layers"] if previous else {}
     categories = report.vocabulary.categories
@@ -68,6 +81,7 @@ def summarise(
             "label_stability": stability,
             "mean_best_iou": sum(best) / len(best),
             "labels": labels,
+            "ious": [None if math.isnan(u.iou) else float(u.iou) for u in layer.units],
         }
     return {"step": report.step, "layers": layers}
 
@@ -94,6 +108,44 @@ def scalar_values(
         if numbers["label_stability"] is not None:
             scalars[tags["label_stability"]] = float(numbers["label_stability"])
     return scalars
+
+
+def run_scalars(
+    summary: Mapping[str, Any], categories: Sequence[str], *, prefix: str = "dissection"
+) -> dict[str, dict[str, float]]:
+    """The numbers of :func:`scalar_values` as TensorBoard runs: ``{run: {tag: value}}``.
+
+    TensorBoard colours a chart's lines by run, so a tag written in several runs is one chart
+    with one coloured line per run. Each layer's run
+    (:func:`~gan_dissect_callbacks.reporting.layouts.layer_run`) holds
+    ``{prefix}/interpretable_units/{category}`` (and ``/total``), ``{prefix}/distinct_concepts``,
+    ``{prefix}/label_stability`` (when known) and ``{prefix}/mean_best_iou``: one chart per
+    number, one line per layer. Each category's run
+    (:func:`~gan_dissect_callbacks.reporting.layouts.category_run`, ``"total"`` too) holds
+    ``{prefix}/{layer}/interpretable_units``: one chart per layer, one line per category.
+
+    Example:
+        >>> summary = {"layers": {"layer3": {"interpretable_units": {"object": 2}, "total": 2,
+        ...     "distinct_concepts": 1, "mean_best_iou": 0.25, "label_stability": None}}}
+        >>> runs = run_scalars(summary, ["object"])
+        >>> runs["dissection/layer3"]["dissection/mean_best_iou"]
+        0.25
+        >>> runs["dissection/categories/object"]
+        {'dissection/layer3/interpretable_units': 2.0}
+    """
+    runs: dict[str, dict[str, float]] = {}
+    for name, numbers in summary["layers"].items():
+        layer_scalar_tags(name, categories, prefix=prefix)  # the names' checks
+        layer = runs.setdefault(layer_run(name, prefix=prefix), {})
+        counts = {**numbers["interpretable_units"], "total": numbers["total"]}
+        for category, count in counts.items():
+            layer[f"{prefix}/interpretable_units/{category}"] = float(count)
+            run = runs.setdefault(category_run(category, prefix=prefix), {})
+            run[f"{prefix}/{name}/interpretable_units"] = float(count)
+        for key in ("distinct_concepts", "mean_best_iou", "label_stability"):
+            if numbers[key] is not None:
+                layer[f"{prefix}/{key}"] = float(numbers[key])
+    return runs
 
 
 def _row_title(layer: str, unit: UnitReport) -> str:
@@ -132,13 +184,33 @@ def log_dissection(
     *,
     write_layout: bool = False,
     prefix: str = "dissection",
+    runs: RunWriters | None = None,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    timeline_units: int = 12,
 ) -> None:
     """Write one dissection to a TensorBoard ``SummaryWriter`` at step ``summary["step"]``.
 
-    Scalars (:func:`scalar_values`), per layer a histogram of the units' best IoU, the unit-class
-    chart, the units table and, when the report carries examples, the gallery
-    (:func:`unit_galleries`); with ``write_layout`` also the custom-scalars layout. The caller
-    flushes (``ReportOutput.tensorboard()`` does).
+    Scalars (:func:`scalar_values`) in the writer's own run and, beside it, the runs of
+    :func:`run_scalars` (the combined, coloured charts of the custom-scalars layout); per layer a
+    histogram of the units' best IoU, the unit-class chart, the units table and, when the report
+    carries examples, the gallery (:func:`unit_galleries`); given the dissections so far
+    (``history``, this one last), per layer the ``timeline_units`` best units' IoU and label at
+    each step, as an image ``{prefix}/{layer}/unit_timeline`` (the last 8 steps) and a table
+    (the last 16)
+    ``{prefix}/{layer}/unit_timeline_table``; with
+    ``write_layout`` also the custom-scalars layout. The caller flushes the writer
+    (``ReportOutput.tensorboard()`` does).
+
+    Args:
+        writer: the ``SummaryWriter``.
+        report: the dissection.
+        summary: its :func:`summarise` result.
+        write_layout: also write the custom-scalars layout (once per run is enough).
+        prefix: the analysis's name, the tags' prefix.
+        runs: the writers of the extra runs, kept by the caller across dissections (and closed
+            by it); ``None``: opened for this call and closed at its end.
+        history: the :func:`summarise` entries so far, oldest first (``None``: no timeline).
+        timeline_units: units per layer in the timeline.
     """
     step = int(summary["step"] or 0)
     vocabulary = report.vocabulary
@@ -147,6 +219,19 @@ def log_dissection(
         writer.add_custom_scalars(layout)
     for tag, value in scalar_values(summary, vocabulary.categories, prefix=prefix).items():
         writer.add_scalar(tag, value, global_step=step)
+    own_runs = runs is None
+    run_writers = RunWriters() if runs is None else runs
+    try:
+        for run, scalars in run_scalars(summary, vocabulary.categories, prefix=prefix).items():
+            run_writer = run_writers.writer(writer, run)
+            if run_writer is None:
+                break  # not a SummaryWriter: no runs beside it
+            for tag, value in scalars.items():
+                run_writer.add_scalar(tag, value, global_step=step)
+        run_writers.flush()
+    finally:
+        if own_runs:
+            run_writers.close()
     galleries = unit_galleries(report)
     for name, layer in report.layers.items():
         tag = f"{prefix}/{name}"
@@ -163,3 +248,8 @@ def log_dissection(
         )
         if name in galleries:
             writer.add_image(f"{tag}/gallery", galleries[name], global_step=step)
+        if history:
+            timeline = unit_timeline(history, name, top_n=timeline_units)
+            writer.add_image(f"{tag}/unit_timeline", timeline_image(timeline), step)
+            table = unit_timeline(history, name, top_n=timeline_units, max_steps=16)
+            writer.add_text(f"{tag}/unit_timeline_table", timeline_markdown(table), step)

@@ -1,9 +1,11 @@
 """The paper's unit gallery: top-activating samples with the unit's region highlighted.
 
 - :func:`unit_overlay`: everything outside the thresholded region darkened (×0.5) and a thin
-  yellow contour around it;
+  yellow contour around it, itself ringed in black so that it shows on light concepts too;
 - :func:`unit_gallery`: one titled row per unit (a :class:`GalleryRow`), ready for
-  ``SummaryWriter.add_image``.
+  ``SummaryWriter.add_image``; samples enlarged to at least :data:`MIN_TILE_SIDE` pixels and
+  titles sized by :func:`~gan_dissect_callbacks.reporting.images.label_cap_height`, so they
+  stay legible when TensorBoard shrinks the image to its card.
 
 Pure rendering: tensors in, an image tensor in ``[0, 1]`` out; nothing here writes to a logger.
 
@@ -13,25 +15,30 @@ Example:
     >>> masks = torch.zeros(1, 4, 4, dtype=torch.bool)
     >>> masks[0, 1:4, 1:4] = True
     >>> overlay = unit_overlay(images, masks)
-    >>> overlay[0, 0]  # red channel: darkened outside, yellow (1) on the contour, kept inside
-    tensor([[0.2500, 0.2500, 0.2500, 0.2500],
-            [0.2500, 1.0000, 1.0000, 1.0000],
-            [0.2500, 1.0000, 0.5000, 0.5000],
-            [0.2500, 1.0000, 0.5000, 0.5000]])
+    >>> overlay[0, 0]  # red: darkened outside, black ring, yellow (1) contour, kept inside
+    tensor([[0.2500, 0.0000, 0.0000, 0.0000],
+            [0.0000, 1.0000, 1.0000, 1.0000],
+            [0.0000, 1.0000, 0.5000, 0.5000],
+            [0.0000, 1.0000, 0.5000, 0.5000]])
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from gan_dissect_callbacks.reporting.images import image_grid, to_unit_range
+from gan_dissect_callbacks.reporting.images import (
+    image_grid,
+    label_cap_height,
+    label_font,
+    text_band,
+    text_width,
+    to_unit_range,
+)
 
 __all__ = ["GalleryRow", "unit_gallery", "unit_overlay"]
 
@@ -39,6 +46,11 @@ __all__ = ["GalleryRow", "unit_gallery", "unit_overlay"]
 OUTSIDE_BRIGHTNESS = 0.5
 #: Colour of the region's contour, RGB in ``[0, 1]``.
 CONTOUR_COLOUR = (1.0, 1.0, 0.0)
+#: Colour of the ring just outside the contour: the yellow line vanishes on yellow and white
+#: concepts (sun, cloud), a black one on dark ones; side by side one of the two always shows.
+OUTLINE_COLOUR = (0.0, 0.0, 0.0)
+#: Gallery samples smaller than this (pixels) are enlarged by an integer factor (nearest).
+MIN_TILE_SIDE = 96
 
 _PADDING = 2  # pixels between gallery images, and around titles
 _BACKGROUND = 1.0  # white, the padding value of image_grid
@@ -78,12 +90,24 @@ def _region_contour(masks: Tensor) -> Tensor:
     return masks & ~inner
 
 
+def _outer_ring(masks: Tensor) -> Tensor:
+    """Pixels outside the region with at least one 4-neighbour inside it."""
+    grown = masks.clone()
+    grown[:, 1:, :] |= masks[:, :-1, :]
+    grown[:, :-1, :] |= masks[:, 1:, :]
+    grown[:, :, 1:] |= masks[:, :, :-1]
+    grown[:, :, :-1] |= masks[:, :, 1:]
+    return grown & ~masks
+
+
 def unit_overlay(images: Tensor, masks: Tensor) -> Tensor:
     """Show where a unit fires: dim everything outside its region and outline the region.
 
     Pixels outside the mask are multiplied by :data:`OUTSIDE_BRIGHTNESS` (0.5); the region's
     boundary pixels (region pixels with a 4-neighbour outside it; the image edge does not count
-    as outside) are painted :data:`CONTOUR_COLOUR` (yellow); the rest of the region is unchanged.
+    as outside) are painted :data:`CONTOUR_COLOUR` (yellow), and the pixels just outside it
+    (outside pixels with a 4-neighbour in the region) :data:`OUTLINE_COLOUR` (black), so the
+    outline shows on any colour; the rest of the region is unchanged.
 
     Args:
         images: ``[N, 3, H, W]`` images in ``[-1, 1]``.
@@ -99,17 +123,19 @@ def unit_overlay(images: Tensor, masks: Tensor) -> Tensor:
         >>> import torch
         >>> masks = torch.zeros(1, 3, 3, dtype=torch.bool)
         >>> masks[0, 1, 1] = True  # a single pixel is all contour
-        >>> unit_overlay(torch.ones(1, 3, 3, 3), masks)[0, 2]  # blue channel of white images
-        tensor([[0.5000, 0.5000, 0.5000],
-                [0.5000, 0.0000, 0.5000],
-                [0.5000, 0.5000, 0.5000]])
+        >>> unit_overlay(torch.ones(1, 3, 3, 3), masks)[0, 0]  # red channel of white images
+        tensor([[0.5000, 0.0000, 0.5000],
+                [0.0000, 1.0000, 0.0000],
+                [0.5000, 0.0000, 0.5000]])
     """
     _check_images_and_masks(images, masks)
     x = to_unit_range(images)
     masks = masks.to(x.device)
     dimmed = torch.where(masks.unsqueeze(1), x, x * OUTSIDE_BRIGHTNESS)
     colour = torch.tensor(CONTOUR_COLOUR, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return torch.where(_region_contour(masks).unsqueeze(1), colour, dimmed)
+    dark = torch.tensor(OUTLINE_COLOUR, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    outlined = torch.where(_outer_ring(masks).unsqueeze(1), dark, dimmed)
+    return torch.where(_region_contour(masks).unsqueeze(1), colour, outlined)
 
 
 # ------------------------------------------------------------------------------ gallery
@@ -140,31 +166,6 @@ class GalleryRow:
             )
 
 
-@lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
-
-
-def _text_size(text: str) -> tuple[int, int]:
-    """Width of ``text`` and the height of a line of the gallery font, in pixels."""
-    font = _font()
-    width = int(np.ceil(font.getbbox(text)[2])) if text else 0
-    height = int(np.ceil(font.getbbox("Ag|")[3]))
-    return width, height
-
-
-def _title_height() -> int:
-    return _text_size("")[1] + _PADDING
-
-
-def _text_band(text: str, width: int, height: int) -> Tensor:
-    """``[3, height, width]`` black ``text`` on white, starting at the left padding."""
-    band = Image.new("RGB", (width, height), "white")
-    ImageDraw.Draw(band).text((_PADDING, _PADDING // 2), text, fill="black", font=_font())
-    pixels = torch.from_numpy(np.array(band, dtype=np.uint8))  # [H, W, 3]
-    return pixels.permute(2, 0, 1).float() / 255
-
-
 def _pad_right(image: Tensor, width: int) -> Tensor:
     if image.shape[-1] == width:
         return image
@@ -172,20 +173,24 @@ def _pad_right(image: Tensor, width: int) -> Tensor:
     return torch.cat([image, pad], dim=2)
 
 
-def unit_gallery(rows: Sequence[GalleryRow], *, scale: int = 2) -> Tensor:
+def unit_gallery(rows: Sequence[GalleryRow], *, scale: int | None = None) -> Tensor:
     """Tile units' overlays into one image: one row per unit, its title written above the row.
 
-    Each row's images and masks are enlarged ``scale`` times (nearest neighbour) so that tiny
-    32-pixel samples sit beside readable text, then drawn with :func:`unit_overlay` (so the
-    contour stays 1 pixel thin at the enlarged size). Rows are separated by a white padding of
-    2 pixels. With ``n`` rows of ``k_i`` images of ``H_i × W_i`` pixels, the result is
-    ``[3, Σ_i (T + scale·H_i + 4), max(max_i (2 + k_i·(scale·W_i + 2)), widest title + 4)]``
-    where ``T`` is the height of a title line (font height + 2). With no rows the image just says
-    "no units to show".
+    Each row's images and masks are enlarged ``scale`` times (nearest neighbour; by default the
+    least integer that makes the smallest sample side ≥ :data:`MIN_TILE_SIDE`, 96 px), then
+    drawn with :func:`unit_overlay` (so the contour stays 1 pixel thin at the enlarged size).
+    Rows are separated by a white padding of 2 pixels. With ``n`` rows of ``k_i`` images of
+    ``H_i × W_i`` pixels the image is ``W = max_i (2 + k_i·(scale·W_i + 2))`` wide (wider if a
+    title needs it) and ``Σ_i (T + scale·H_i + 4)`` tall, where ``T`` is a title's line height.
+    Titles' capital letters are
+    ``label_cap_height(W)`` pixels tall
+    (:func:`~gan_dissect_callbacks.reporting.images.label_cap_height`), so
+    they stay ≥ 10 px when TensorBoard's card shows the image 500 px wide. With no rows the
+    image just says "no units to show".
 
     Args:
         rows: the units to show, top to bottom.
-        scale: integer enlargement factor (≥ 1).
+        scale: integer enlargement factor (≥ 1); ``None``: up to :data:`MIN_TILE_SIDE`.
 
     Returns:
         ``[3, H', W']`` float image in ``[0, 1]`` on the CPU, for ``SummaryWriter.add_image``.
@@ -198,14 +203,16 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int = 2) -> Tensor:
         >>> g = torch.Generator().manual_seed(0)
         >>> images = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
         >>> row = GalleryRow("layer3 #12 window IoU 0.23", images, images[:, 0] > 0)
-        >>> gallery = unit_gallery([row, row], scale=2)
-        >>> gallery.shape[0], gallery.shape[2]  # width: 2 + 4 * (64 + 2)
-        (3, 266)
+        >>> gallery = unit_gallery([row, row])
+        >>> gallery.shape[0], gallery.shape[2]  # width: 2 + 4 * (3 * 32 + 2)
+        (3, 394)
         >>> bool(gallery.min() >= 0 and gallery.max() <= 1)
         True
     """
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"Expected argument `scale` to be an integer ≥ 1, but got {scale!r}.")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise ValueError(
+            f"Expected argument `scale` to be None or an integer ≥ 1, but got {scale!r}."
+        )
     for i, row in enumerate(rows):
         if not isinstance(row, GalleryRow):
             raise ValueError(
@@ -213,9 +220,12 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int = 2) -> Tensor:
             )
     if not rows:
         text = "no units to show"
-        width = _text_size(text)[0] + 2 * _PADDING
-        return _text_band(text, width, _title_height() + _PADDING)
+        font = label_font(label_cap_height(0))
+        return text_band(text, text_width(text, font) + 2 * _PADDING, font, padding=_PADDING)
 
+    if scale is None:
+        smallest = min(min(row.images.shape[-2:]) for row in rows)
+        scale = max(1, math.ceil(MIN_TILE_SIDE / max(1, smallest)))
     grids = []
     for row in rows:
         images = row.images.detach().cpu()
@@ -229,13 +239,12 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int = 2) -> Tensor:
                 overlay, nrow=len(overlay), padding=_PADDING, pad_value=_BACKGROUND, signed=False
             )
         )
-    width = max(
-        max(grid.shape[2] for grid in grids),
-        max(_text_size(row.title)[0] for row in rows) + 2 * _PADDING,
-    )
-    title_height = _title_height()
+    width = max(grid.shape[2] for grid in grids)
+    font = label_font(label_cap_height(width))
+    # A title wider than the images widens the image; its letters then keep their share of it.
+    width = max(width, max(text_width(row.title, font) for row in rows) + 2 * _PADDING)
     blocks = []
     for row, grid in zip(rows, grids, strict=True):
-        blocks.append(_text_band(row.title, width, title_height))
+        blocks.append(text_band(row.title, width, font, padding=_PADDING))
         blocks.append(_pad_right(grid, width))
     return torch.cat(blocks, dim=1)

@@ -1,4 +1,9 @@
-"""Small image helpers for TensorBoard: image grids without torchvision, enlarging small samples.
+"""Small image helpers for TensorBoard: image grids, enlarging small samples, legible labels.
+
+TensorBoard's image card shows an image scaled to the card's width (about
+:data:`DISPLAY_WIDTH` pixels) unless "show actual size" is ticked, so text drawn into an image
+shrinks with the image's width. :func:`label_cap_height` states the rule that keeps it legible:
+capital letters at least :data:`MIN_LABEL_PX` pixels tall at that display width.
 
 Example:
     >>> import torch
@@ -9,10 +14,97 @@ Example:
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-__all__ = ["enlarge", "image_grid", "to_unit_range"]
+__all__ = [
+    "DISPLAY_WIDTH",
+    "MIN_LABEL_PX",
+    "enlarge",
+    "image_grid",
+    "label_cap_height",
+    "label_font",
+    "line_metrics",
+    "text_band",
+    "text_width",
+    "to_unit_range",
+]
+
+#: The width (pixels) at which TensorBoard's image card shows an image, roughly.
+DISPLAY_WIDTH = 500
+#: The least height (pixels) of a capital letter of a label, as the dashboard shows it.
+MIN_LABEL_PX = 10
+
+
+def label_cap_height(image_width: int) -> int:
+    """The cap height (pixels) of labels in an image ``image_width`` pixels wide.
+
+    ``max(MIN_LABEL_PX, ceil(MIN_LABEL_PX · image_width / DISPLAY_WIDTH))``: an image wider than
+    the card is shown shrunk by ``DISPLAY_WIDTH / image_width``, and its labels with it.
+
+    Example:
+        >>> label_cap_height(300), label_cap_height(786)
+        (10, 16)
+    """
+    return max(MIN_LABEL_PX, math.ceil(MIN_LABEL_PX * image_width / DISPLAY_WIDTH))
+
+
+@lru_cache(maxsize=32)
+def label_font(cap_height: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The smallest size of Pillow's built-in scalable font whose "H" is ``cap_height`` px tall.
+
+    Example:
+        >>> font = label_font(12)
+        >>> top, bottom = font.getbbox("H")[1::2]
+        >>> bottom - top >= 12
+        True
+    """
+    for size in range(cap_height, 4 * cap_height + 8):
+        font = ImageFont.load_default(size=size)
+        _, top, _, bottom = font.getbbox("H")
+        if bottom - top >= cap_height:
+            return font
+    return ImageFont.load_default(size=4 * cap_height + 8)
+
+
+def line_metrics(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> tuple[int, int]:
+    """The top and bottom of a line of ``font`` (ascenders to descenders), in pixels."""
+    _, top, _, bottom = font.getbbox("ÅAg|")
+    return math.floor(top), math.ceil(bottom)
+
+
+def text_width(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    """Width of ``text`` in ``font``, in pixels."""
+    return math.ceil(font.getbbox(text)[2]) if text else 0
+
+
+def text_band(
+    text: str,
+    width: int,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    *,
+    padding: int = 2,
+) -> Tensor:
+    """``[3, h, width]``: black ``text`` on white, ``padding`` pixels from the left and around.
+
+    ``h`` is the font's line height plus ``2 · padding``, the same for every text.
+
+    Example:
+        >>> band = text_band("HI", 40, label_font(10))
+        >>> band.shape[0], band.shape[2], bool(band.min() < 0.5)
+        (3, 40, True)
+    """
+    top, bottom = line_metrics(font)
+    height = bottom - top + 2 * padding
+    band = Image.new("RGB", (max(1, width), height), "white")
+    ImageDraw.Draw(band).text((padding, padding - top), text, fill="black", font=font)
+    pixels = torch.from_numpy(np.array(band, dtype=np.uint8))  # [H, W, 3]
+    return pixels.permute(2, 0, 1).float() / 255
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -68,8 +160,6 @@ def enlarge(images: Tensor, min_side: int = 64) -> Tensor:
         >>> tuple(enlarge(torch.zeros(2, 3, 16, 16)).shape)
         (2, 3, 64, 64)
     """
-    import math
-
     import torch.nn.functional as F
 
     scale = max(1, math.ceil(min_side / min(images.shape[-2:])))

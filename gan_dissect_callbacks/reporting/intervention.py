@@ -11,7 +11,10 @@ analysis's name, ``"intervention"`` by default:
 * scalars ``{name}/{c}/removed_at_n{n}``, ``random_removed_at_n{n}``, ``alpha_removed_at_n{n}``,
   ``ace``, ``inserted_fraction`` and ``random_inserted_fraction`` (:func:`intervention_scalars`);
 * images ``{name}/{c}/removal_curve`` (:func:`removal_chart`) and ``{name}/{c}/images``
-  (:func:`intervention_grid`), written by :func:`log_intervention`.
+  (:func:`intervention_grid`, its rows labelled original / ablated / inserted with the units),
+  written by :func:`log_intervention`, which also writes each concept's scalars once more in a
+  TensorBoard run of its own, ``{log_dir}/{name}/{c}``, as ``{name}/removed_at_n{n}``, … (the
+  tags of :func:`concept_run_scalars`): one chart per number, one coloured line per concept.
 
 Example:
     >>> curve = {"removed": [0.5, 0.9], "random_mean": [0.1, 0.2]}
@@ -32,10 +35,18 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.charts import figure_to_image
-from gan_dissect_callbacks.reporting.images import enlarge, image_grid
+from gan_dissect_callbacks.reporting.images import (
+    enlarge,
+    image_grid,
+    label_cap_height,
+    label_font,
+    text_band,
+)
+from gan_dissect_callbacks.reporting.writing import RunWriters
 
 __all__ = [
     "REPORT_FORMAT",
+    "concept_run_scalars",
     "intervention_grid",
     "intervention_scalars",
     "log_intervention",
@@ -137,23 +148,80 @@ def removal_chart(concept: str, numbers: Mapping[str, Any], layer: str) -> Figur
     return fig
 
 
-def intervention_grid(shots: Mapping[str, Tensor]) -> Tensor:
-    """One image of the samples as drawn, ablated and inserted: a row each, ``[3, H', W']``.
+def concept_run_scalars(
+    entry: Mapping[str, Any], *, name: str = "intervention"
+) -> dict[str, dict[str, float]]:
+    """The scalars of :func:`intervention_scalars` as one TensorBoard run per concept.
+
+    ``{run: {tag: value}}`` with run ``"{name}/{concept}"`` and tags without the concept,
+    ``"{name}/removed_at_n{n}"``, …, at every n of the curves' points: a tag written in every
+    concept's run is one chart with one coloured line per concept (TensorBoard colours by run).
+
+    Example:
+        >>> curve = {"removed": [0.5, 0.9], "random_mean": [], "points": [1, 5]}
+        >>> numbers = {"removal": curve, "ace": {"ace": 0.7}, "insertion": None}
+        >>> entry = {"step": 4, "layer": "l3", "concepts": {"tree": numbers, "sky": None}}
+        >>> concept_run_scalars(entry)
+        {'intervention/tree': {'intervention/removed_at_n1': 0.5, \
+'intervention/removed_at_n5': 0.9, 'intervention/ace': 0.7}}
+    """
+    runs: dict[str, dict[str, float]] = {}
+    for concept, numbers in entry["concepts"].items():
+        if numbers is None:
+            continue
+        points = set(_point_index(numbers["removal"]))
+        if numbers.get("alpha_removal") is not None:
+            points |= set(_point_index(numbers["alpha_removal"]))
+        scalars = intervention_scalars({"concepts": {concept: numbers}}, sorted(points), name=name)
+        own = f"{name}/{concept}/"
+        runs[f"{name}/{concept}"] = {
+            f"{name}/{tag[len(own) :]}": value for tag, value in scalars.items()
+        }
+    return runs
+
+
+#: The row labels of :func:`intervention_grid`, top to bottom.
+GRID_ROWS = ("original", "ablated", "inserted")
+
+
+def intervention_grid(shots: Mapping[str, Tensor], *, units: Sequence[int] | None = None) -> Tensor:
+    """One image of the samples as drawn, ablated and inserted: a labelled row each.
 
     Samples under 64 px are enlarged (nearest): they are unreadable at native size in
-    TensorBoard.
+    TensorBoard. Above each row a label says what it shows — ``"original"``,
+    ``"ablated: units 3, 7"``, ``"inserted: units 3, 7"`` — in letters whose cap height follows
+    :func:`~gan_dissect_callbacks.reporting.images.label_cap_height`, so they stay ≥ 10 px when
+    TensorBoard's card shows the image 500 px wide.
 
     Args:
         shots: ``{"original", "ablated", "inserted"}`` images ``[N, C, H, W]`` in ``[-1, 1]``.
+        units: the ablated and inserted units, named in the labels (``None``: not named).
 
     Example:
         >>> import torch
         >>> shots = {k: torch.zeros(2, 3, 32, 32) for k in ("original", "ablated", "inserted")}
-        >>> tuple(intervention_grid(shots).shape)  # 3 rows, 2 columns of 64 px, 2 px padding
-        (3, 200, 134)
+        >>> grid = intervention_grid(shots, units=[3, 7])
+        >>> grid.shape[0], grid.shape[2]  # 2 columns of 64 px, 2 px padding
+        (3, 134)
     """
-    rows = torch.cat([shots["original"], shots["ablated"], shots["inserted"]])
-    return image_grid(enlarge(rows, MIN_IMAGE_SIDE), nrow=int(shots["original"].shape[0]))
+    columns = int(shots["original"].shape[0])
+    named = (
+        ""
+        if units is None
+        else f": unit{'' if len(units) == 1 else 's'} " + ", ".join(str(int(u)) for u in units)
+    )
+    grids = [
+        image_grid(enlarge(shots[row], MIN_IMAGE_SIDE), nrow=columns, padding=2)
+        for row in GRID_ROWS
+    ]
+    width = max(g.shape[2] for g in grids)
+    font = label_font(label_cap_height(width))
+    blocks = []
+    for row, grid in zip(GRID_ROWS, grids, strict=True):
+        label = row if row == "original" else f"{row}{named}"
+        blocks.append(text_band(label, width, font))
+        blocks.append(grid[:, 2:])  # the band's padding already separates it from the row above
+    return torch.cat(blocks, dim=1)
 
 
 def log_intervention(
@@ -162,12 +230,14 @@ def log_intervention(
     images: Mapping[str, Mapping[str, Tensor]],
     *,
     name: str = "intervention",
+    runs: RunWriters | None = None,
 ) -> None:
     """Write one entry's charts and image grids to a TensorBoard ``SummaryWriter``.
 
     The scalars go through
     :meth:`~gan_dissect_callbacks.reporting.writing.ReportOutput.log_scalars` with
-    :func:`intervention_scalars`, so that every logger gets them.
+    :func:`intervention_scalars`, so that every logger gets them; here they are written once
+    more, per concept, in the runs of :func:`concept_run_scalars` beside the writer's.
 
     Args:
         writer: the ``SummaryWriter`` (anything with ``add_image``).
@@ -175,12 +245,29 @@ def log_intervention(
         images: per concept, the pictures of
             :func:`~gan_dissect_callbacks.engines.intervention.intervention_images`.
         name: the analysis's name, the tags' prefix.
+        runs: the writers of the concepts' runs, kept by the caller across steps (and closed by
+            it); ``None``: opened for this call and closed at its end.
     """
     step = int(entry["step"])
+    run_writers = RunWriters() if runs is None else runs
+    try:
+        for run, scalars in concept_run_scalars(entry, name=name).items():
+            run_writer = run_writers.writer(writer, run)
+            if run_writer is None:
+                break  # not a SummaryWriter: no runs beside it
+            for tag, value in scalars.items():
+                run_writer.add_scalar(tag, value, global_step=step)
+        run_writers.flush()
+    finally:
+        if runs is None:
+            run_writers.close()
     for concept, numbers in entry["concepts"].items():
         if numbers is None:
             continue
         chart = figure_to_image(removal_chart(concept, numbers, entry["layer"]))
         writer.add_image(f"{name}/{concept}/removal_curve", chart, global_step=step)
     for concept, shots in images.items():
-        writer.add_image(f"{name}/{concept}/images", intervention_grid(shots), global_step=step)
+        numbers = entry["concepts"].get(concept)
+        units = numbers["ace"].get("units") if numbers else None
+        grid = intervention_grid(shots, units=units)
+        writer.add_image(f"{name}/{concept}/images", grid, global_step=step)

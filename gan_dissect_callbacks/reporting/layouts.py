@@ -1,4 +1,4 @@
-"""Scalar tags of a dissection, the custom-scalars layout that groups them, label stability.
+"""Scalar tags and runs of a dissection, the custom-scalars layout grouping them, label stability.
 
 Example:
     >>> label_stability(["sky", None, "tree"], ["sky", "tree", "grass"])
@@ -11,7 +11,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["custom_scalars_layout", "label_stability", "layer_scalar_tags"]
+__all__ = [
+    "ACROSS_LAYERS",
+    "category_run",
+    "custom_scalars_layout",
+    "label_stability",
+    "layer_run",
+    "layer_scalar_tags",
+]
 
 # ------------------------------------------------------------------------------ scalars
 
@@ -74,18 +81,50 @@ def _exactly(tag: str) -> str:
     return f"^{re.escape(tag)}$"
 
 
+def layer_run(layer: str, *, prefix: str = "dissection") -> str:
+    """The TensorBoard run (a folder beside the main run) of one layer's curves.
+
+    Example:
+        >>> layer_run("generator.layer3")
+        'dissection/generator.layer3'
+    """
+    return f"{prefix}/{layer}"
+
+
+def category_run(category: str, *, prefix: str = "dissection") -> str:
+    """The TensorBoard run of one category's counts (``"total"`` too), beside the main run.
+
+    Example:
+        >>> category_run("object", prefix="dissection_ema")
+        'dissection_ema/categories/object'
+    """
+    return f"{prefix}/categories/{category}"
+
+
+#: The tags every layer's run holds (one line per layer in each chart), after ``{prefix}/``.
+ACROSS_LAYERS = {
+    "interpretable units (all layers)": "interpretable_units/total",
+    "distinct concepts (all layers)": "distinct_concepts",
+    "label stability (all layers)": "label_stability",
+    "mean best IoU (all layers)": "mean_best_iou",
+}
+
+
 def custom_scalars_layout(
     layers: Sequence[str], categories: Sequence[str], *, prefix: str = "dissection"
 ) -> dict[str, dict[str, list[Any]]]:
-    """A TensorBoard custom-scalars layout grouping the curves of a dissection.
+    """A TensorBoard custom-scalars layout: one coloured line per layer or category in a chart.
 
     The format is the one ``SummaryWriter.add_custom_scalars`` expects:
-    ``{section: {chart: ["Multiline", [tag regexes]]}}``. Section ``"{prefix} (all layers)"``
-    holds the charts ``"distinct concepts (all layers)"``, ``"label stability (all layers)"`` and
-    ``"mean best IoU (all layers)"`` (one curve per layer); then a section
-    ``"{prefix}: {layer}"`` per layer holds ``"interpretable units by category"`` (one curve per
-    category and the total). Tags are those of :func:`layer_scalar_tags`, as anchored, escaped
-    regular expressions (the custom-scalars plugin matches tags by regex).
+    ``{section: {chart: ["Multiline", [tag regexes]]}}``. TensorBoard colours lines by *run*, so
+    the combined charts read tags written once per run (see
+    :func:`~gan_dissect_callbacks.reporting.dissection.run_scalars`): section
+    ``"{prefix} (all layers)"`` holds the charts of :data:`ACROSS_LAYERS`, each matching the one
+    tag ``{prefix}/{key}`` that every layer's run (:func:`layer_run`) holds; then a section
+    ``"{prefix}: {layer}"`` per layer holds ``"interpretable units by category"``, matching
+    ``{prefix}/{layer}/interpretable_units``, held by every category's run
+    (:func:`category_run`). Tags are anchored, escaped regular expressions (the plugin matches
+    tags by regex).
 
     Args:
         layers: the dissected layer names.
@@ -100,28 +139,25 @@ def custom_scalars_layout(
         >>> layout = custom_scalars_layout(["layer3"], ["object"])
         >>> list(layout)
         ['dissection (all layers)', 'dissection: layer3']
+        >>> layout["dissection (all layers)"]["mean best IoU (all layers)"]
+        ['Multiline', ['^dissection/mean_best_iou$']]
         >>> layout["dissection: layer3"]["interpretable units by category"]
-        ['Multiline', ['^dissection/layer3/interpretable_units/object$', '^dissection/layer3/interpretable_units/total$']]
-    """  # noqa: E501
+        ['Multiline', ['^dissection/layer3/interpretable_units$']]
+    """
     _check_names("layers", layers, allow_empty=False)
-    tags = {layer: layer_scalar_tags(layer, categories, prefix=prefix) for layer in layers}
-    across = {
-        "distinct concepts (all layers)": "distinct_concepts",
-        "label stability (all layers)": "label_stability",
-        "mean best IoU (all layers)": "mean_best_iou",
-    }
+    for layer in layers:
+        layer_scalar_tags(layer, categories, prefix=prefix)  # the names' checks
     layout: dict[str, dict[str, list[Any]]] = {
         f"{prefix} (all layers)": {
-            chart: ["Multiline", [_exactly(tags[layer][key]) for layer in layers]]
-            for chart, key in across.items()
+            chart: ["Multiline", [_exactly(f"{prefix}/{key}")]]
+            for chart, key in ACROSS_LAYERS.items()
         }
     }
     for layer in layers:
-        counts = [f"interpretable_units/{c}" for c in categories] + ["interpretable_units/total"]
         layout[f"{prefix}: {layer}"] = {
             "interpretable units by category": [
                 "Multiline",
-                [_exactly(tags[layer][key]) for key in counts],
+                [_exactly(f"{prefix}/{layer}/interpretable_units")],
             ]
         }
     return layout

@@ -7,7 +7,10 @@ The one home of "where results go", shared by the callbacks (during training) an
 - :class:`ReportOutput`: one analysis's destinations — its report folder, the TensorBoard
   ``SummaryWriter``\\ s, and any other loggers (which get the scalars through ``log_metrics``).
   :meth:`ReportOutput.write_json` writes ``step_XXXXXXX.json`` and ``latest.json`` beside it;
-  :meth:`ReportOutput.log_scalars` sends scalars to every writer and logger.
+  :meth:`ReportOutput.log_scalars` sends scalars to every writer and logger;
+- :class:`RunWriters`: extra TensorBoard *runs* beside a writer's own (``{log_dir}/{run}``),
+  so that one chart draws one coloured, legended line per layer (or concept, or category):
+  TensorBoard colours lines by run, not by tag.
 
 Example:
     >>> import json, tempfile
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ReportOutput", "step_report_name", "write_atomically"]
+__all__ = ["ReportOutput", "RunWriters", "step_report_name", "write_atomically"]
 
 
 def write_atomically(path: str | Path, text: str) -> None:
@@ -92,3 +95,64 @@ class ReportOutput:
         for writer in self.writers:
             yield writer
             writer.flush()
+
+
+class RunWriters:
+    """TensorBoard runs beside a ``SummaryWriter``'s own, created when first written to.
+
+    ``runs.writer(parent, "dissection/generator.layer3")`` is a ``SummaryWriter`` writing to
+    ``{parent's log_dir}/dissection/generator.layer3``; TensorBoard lists that folder as a run of
+    its own, colours it and names it in the legend, so one tag written in several runs is one
+    chart with one line per run. Writers are kept (one event file per run, not one per call)
+    until :meth:`close`; a parent without ``get_logdir`` (not a ``SummaryWriter``) gets none.
+
+    Example:
+        >>> import tempfile
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> parent = SummaryWriter(tempfile.mkdtemp())
+        >>> runs = RunWriters()
+        >>> run = runs.writer(parent, "dissection/layer3")
+        >>> run is runs.writer(parent, "dissection/layer3"), len(runs)
+        (True, 1)
+        >>> runs.close(); len(runs)
+        0
+    """
+
+    def __init__(self) -> None:
+        self._writers: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._writers)
+
+    def writer(self, parent: Any, run: str) -> Any | None:
+        """The writer of run ``run`` (a relative folder) beside ``parent``; ``None`` if it has none.
+
+        Raises:
+            ValueError: if ``run`` is empty, absolute or climbs out of the parent's folder.
+        """
+        parts = Path(run).parts
+        if not run or Path(run).is_absolute() or ".." in parts:
+            raise ValueError(
+                f"Expected argument `run` to be a relative folder such as 'dissection/layer3', "
+                f"but got {run!r}."
+            )
+        get_logdir = getattr(parent, "get_logdir", None)
+        if get_logdir is None:
+            return None
+        folder = str(Path(get_logdir()) / run)
+        if folder not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[folder] = SummaryWriter(log_dir=folder)
+        return self._writers[folder]
+
+    def flush(self) -> None:
+        """Flush every run's writer (TensorBoard sees what was written)."""
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        """Close every run's writer (their files and threads); a later write opens new ones."""
+        writers, self._writers = list(self._writers.values()), {}
+        for writer in writers:
+            writer.close()

@@ -21,6 +21,8 @@ from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 from gan_dissect_callbacks.demos.train import SceneDataModule
 from gan_dissect_callbacks.engines.dissection import dissect
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
+from gan_dissect_callbacks.reporting.evolution import timeline_markdown, unit_timeline
+from gan_dissect_callbacks.reporting.layouts import custom_scalars_layout
 from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
 
 LAYERS = ["generator.layer2", "generator.layer3"]
@@ -122,9 +124,95 @@ def test_other_loggers_get_scalars_and_no_logger_still_writes_json(tmp_path, seg
     rows = (Path(csv.log_dir) / "metrics.csv").read_text()
     assert "dissection/generator.layer2/interpretable_units/total" in rows
 
+    # Only TensorBoard gets the extra runs (folders with event files), not the CSV logger.
+    assert not [p for p in Path(csv.log_dir).rglob("*") if p.is_dir()]
+    assert (Path(tb.log_dir) / "dissection" / LAYERS[0]).is_dir()
+
     with pytest.warns(UserWarning, match="no logger"):
         fit(tmp_path / "nolog", [callback(segmenter)], logger=False)
     assert (tmp_path / "nolog" / "dissection" / "latest.json").is_file()
+    assert not [p for p in (tmp_path / "nolog" / "dissection").iterdir() if p.is_dir()]
+
+
+def read_run(folder):
+    events = EventAccumulator(str(folder), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    return events
+
+
+def test_each_layer_and_category_is_a_run_so_one_chart_draws_a_line_per_layer(tmp_path, segmenter):
+    cb = callback(segmenter, iou_cutoff=0.0)  # every unit with any overlap: stability defined
+    _, trainer = fit(tmp_path, [cb], batches=4)
+    log_dir = Path(trainer.logger.log_dir)
+    assert len(cb._runs) == 0  # the runs' writers were closed at teardown
+    categories = [*SCENE_VOCABULARY.categories, "total"]
+    for layer in LAYERS:  # one run per layer, holding the same tags as the other layers' runs
+        events = read_run(log_dir / "dissection" / layer)
+        assert sorted(events.Tags()["scalars"]) == sorted(
+            [f"dissection/interpretable_units/{c}" for c in categories]
+            + ["dissection/distinct_concepts", "dissection/label_stability"]
+            + ["dissection/mean_best_iou"]
+        )
+        assert not events.Tags()["images"]  # the pictures stay in the main run
+        totals = events.Scalars("dissection/interpretable_units/total")
+        assert [(e.step, e.value) for e in totals] == [
+            (h["step"], h["layers"][layer]["total"]) for h in cb.history
+        ]
+        stability = events.Scalars("dissection/label_stability")
+        assert [e.step for e in stability] == [2, 4]  # unknown at the first dissection
+        for e, h in zip(stability, cb.history[1:], strict=True):
+            assert e.value == pytest.approx(h["layers"][layer]["label_stability"])
+    for category in categories:  # one run per category, one tag per layer
+        events = read_run(log_dir / "dissection" / "categories" / category)
+        assert sorted(events.Tags()["scalars"]) == sorted(
+            f"dissection/{layer}/interpretable_units" for layer in LAYERS
+        )
+        for layer in LAYERS:
+            key = "total" if category == "total" else None
+            counts = [
+                h["layers"][layer]["total"]
+                if key
+                else h["layers"][layer]["interpretable_units"][category]
+                for h in cb.history
+            ]
+            logged = events.Scalars(f"dissection/{layer}/interpretable_units")
+            assert [e.value for e in logged] == counts
+    # The main run keeps its per-layer tags, and the layout points at the runs' tags.
+    main = read_run(log_dir)
+    assert "dissection/generator.layer2/interpretable_units/total" in main.Tags()["scalars"]
+    assert "dissection/interpretable_units/total" not in main.Tags()["scalars"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (config,) = main.Tensors("custom_scalars__config__")
+    read = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    assert {
+        c.title: {ch.title: ["Multiline", list(ch.multiline.tag)] for ch in c.chart}
+        for c in read.category
+    } == custom_scalars_layout(LAYERS, SCENE_VOCABULARY.categories)
+
+
+def test_the_unit_timeline_shows_each_top_unit_at_every_dissection(tmp_path, segmenter):
+    cb = callback(segmenter, top_n=4)
+    _, trainer = fit(tmp_path, [cb], batches=4)
+    events = read_run(trainer.logger.log_dir)
+    for layer in LAYERS:
+        images = events.Images(f"dissection/{layer}/unit_timeline")
+        assert [e.step for e in images] == [0, 2, 4]
+        texts = events.Tensors(f"dissection/{layer}/unit_timeline_table/text_summary")
+        assert [e.step for e in texts] == [0, 2, 4]
+        for i, event in enumerate(texts):  # each the table of the history so far
+            expected = timeline_markdown(unit_timeline(cb.history[: i + 1], layer, top_n=4))
+            assert event.tensor_proto.string_val[0].decode() == expected
+        # The last table's cells are the history's labels and IoUs of the 4 best units.
+        timeline = unit_timeline(cb.history, layer, top_n=4)
+        latest = cb.history[-1]["layers"][layer]
+        best = sorted(range(len(latest["ious"])), key=lambda u: (-latest["ious"][u], u))[:4]
+        assert timeline.units == best
+        assert timeline.steps == [0, 2, 4]
+        for unit, ious, labels in zip(timeline.units, timeline.ious, timeline.labels, strict=True):
+            assert ious == [h["layers"][layer]["ious"][unit] for h in cb.history]
+            assert labels == [h["layers"][layer]["labels"][unit] for h in cb.history]
+        assert latest["ious"] == [u.iou for u in cb.last_report.layers[layer].units]
 
 
 def test_fast_dev_run_is_tolerated(tmp_path, segmenter):
@@ -177,6 +265,12 @@ def test_history_survives_checkpoint_and_resume(tmp_path, segmenter):
         tiny_gan(), datamodule=SceneDataModule(num_scenes=64, batch_size=8), ckpt_path=ckpt
     )
     assert [h["step"] for h in resumed.history] == [0, 2, 4, 6]
+    # The unit timeline after the resume still shows the dissections from before it.
+    events = EventAccumulator(trainer2.logger.log_dir, size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    (table,) = events.Tensors(f"dissection/{LAYERS[0]}/unit_timeline_table/text_summary")
+    header = table.tensor_proto.string_val[0].decode().splitlines()[0]
+    assert header == "| unit | step 0 | step 2 | step 4 | step 6 |"
     # Stability after resume compares with the restored previous labels.
     assert resumed.history[-1]["layers"][LAYERS[0]]["label_stability"] is not None or not any(
         resumed.history[-2]["layers"][LAYERS[0]]["labels"]

@@ -28,6 +28,7 @@ from gan_dissect_callbacks.engines.intervention import (
     insertion_values,
     removal_curve,
 )
+from gan_dissect_callbacks.reporting.intervention import GRID_ROWS, intervention_grid
 from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
@@ -157,8 +158,11 @@ def test_harmless_and_logs_its_tags(tmp_path: Path) -> None:
         images = events.Tags()["images"]
         assert f"intervention/{concept}/removal_curve" in images
         grid = events.Images(f"intervention/{concept}/images")[-1]
-        # 3 rows, 2 columns of 32-px samples enlarged to 64 px, 2-px padding.
-        assert (grid.height, grid.width) == (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)
+        # 3 labelled rows (original / ablated / inserted) of the 2 logged samples.
+        expected = intervention_grid(
+            {row: torch.zeros(2, 3, 32, 32) for row in GRID_ROWS}, units=[0, 1]
+        )
+        assert (grid.height, grid.width) == tuple(expected.shape[1:])
 
     logged = events.Scalars("intervention/reddish/removed_at_n3")[-1].value
     entry = watched.history[-1]["concepts"]["reddish"]

@@ -100,7 +100,12 @@ def served(tmp_path_factory):
 
 def test_runs_and_scalar_curves_are_served(served):
     runs = get_json(served, "/data/runs")
-    assert runs == ["demo/version_0"]
+    main = "demo/version_0"
+    categories = ["material", "object", "part", "total"]
+    assert sorted(runs) == sorted(
+        [main, f"{main}/dissection/{LAYER}"]
+        + [f"{main}/dissection/categories/{c}" for c in categories]
+    )
     tags = get_json(served, "/data/plugin/scalars/tags")["demo/version_0"]
     for tag in ("interpretable_units/total", "interpretable_units/object", "distinct_concepts"):
         assert f"dissection/{LAYER}/{tag}" in tags
@@ -111,6 +116,36 @@ def test_runs_and_scalar_curves_are_served(served):
         tag=f"dissection/{LAYER}/interpretable_units/total",
     )
     assert [p[1] for p in points] == [0, 2, 4]  # wall time, step, value
+
+
+def test_a_combined_chart_draws_one_run_per_layer_and_per_category(served):
+    tags = get_json(served, "/data/plugin/scalars/tags")
+    layer_run = f"demo/version_0/dissection/{LAYER}"
+    assert "dissection/mean_best_iou" in tags[layer_run]
+    per_category = [
+        run for run, t in tags.items() if f"dissection/{LAYER}/interpretable_units" in t
+    ]
+    assert sorted(per_category) == sorted(
+        f"demo/version_0/dissection/categories/{c}" for c in ("material", "object", "part", "total")
+    )
+    main = get_json(
+        served, "/data/plugin/scalars/scalars", run="demo/version_0",
+        tag=f"dissection/{LAYER}/interpretable_units/total",
+    )  # fmt: skip
+    combined = get_json(
+        served, "/data/plugin/scalars/scalars", run=layer_run,
+        tag="dissection/interpretable_units/total",
+    )  # fmt: skip
+    assert [p[1:] for p in combined] == [p[1:] for p in main]  # same steps and values
+
+
+def test_the_unit_timeline_is_served_as_an_image_and_a_table(served):
+    images = get_json(served, "/data/plugin/images/tags")["demo/version_0"]
+    assert f"dissection/{LAYER}/unit_timeline" in images
+    tag = f"dissection/{LAYER}/unit_timeline_table/text_summary"
+    texts = get_json(served, "/data/plugin/text/text", run="demo/version_0", tag=tag)
+    assert len(texts) == 3
+    assert "step 4" in texts[-1]["text"] and "<table>" in texts[-1]["text"]
 
 
 def test_gallery_chart_and_samples_are_served_as_pngs(served):
@@ -139,3 +174,4 @@ def test_custom_scalars_layout_is_served(served):
     layout = get_json(served, "/data/plugin/custom_scalars/layout")
     titles = [chart["title"] for cat in layout["category"] for chart in cat["chart"]]
     assert "interpretable units by category" in " ".join(titles)
+    assert "mean best IoU (all layers)" in titles

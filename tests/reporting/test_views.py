@@ -21,10 +21,11 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitReport,
 )
 from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
-from gan_dissect_callbacks.reporting.dissection import unit_galleries
+from gan_dissect_callbacks.reporting.dissection import run_scalars, scalar_values, unit_galleries
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import to_unit_range
 from gan_dissect_callbacks.reporting.layouts import (
+    ACROSS_LAYERS,
     custom_scalars_layout,
     label_stability,
     layer_scalar_tags,
@@ -32,6 +33,7 @@ from gan_dissect_callbacks.reporting.layouts import (
 from gan_dissect_callbacks.reporting.tables import units_markdown
 
 YELLOW = torch.tensor([1.0, 1.0, 0.0])
+BLACK = torch.tensor([0.0, 0.0, 0.0])
 
 
 def brute_force_contour(mask: Tensor) -> Tensor:
@@ -49,6 +51,21 @@ def brute_force_contour(mask: Tensor) -> Tensor:
     return out
 
 
+def brute_force_ring(mask: Tensor) -> Tensor:
+    """Pixels outside the region with a 4-neighbour inside it, one by one."""
+    height, width = mask.shape
+    out = torch.zeros_like(mask)
+    for i in range(height):
+        for j in range(width):
+            if mask[i, j]:
+                continue
+            for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                y, x = i + di, j + dj
+                if 0 <= y < height and 0 <= x < width and mask[y, x]:
+                    out[i, j] = True
+    return out
+
+
 def random_images(n: int, size: int = 8, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1
@@ -62,7 +79,7 @@ def unit(index: int, concept: str, iou: float = 0.2, interpretable: bool = True)
 # --------------------------------------------------------------------------------- overlay
 
 
-def test_overlay_darkens_outside_keeps_inside_and_paints_the_contour_yellow() -> None:
+def test_overlay_darkens_outside_keeps_inside_and_paints_the_contour_yellow_ringed_black() -> None:
     images = random_images(2, size=6)
     masks = torch.zeros(2, 6, 6, dtype=torch.bool)
     masks[0, 1:5, 1:5] = True  # a 4×4 square: its ring is the contour, 2×2 interior kept
@@ -72,8 +89,13 @@ def test_overlay_darkens_outside_keeps_inside_and_paints_the_contour_yellow() ->
 
     assert out.shape == (2, 3, 6, 6)
     assert out.dtype == torch.float32
-    outside = ~masks.unsqueeze(1).expand_as(x)
-    assert torch.equal(out[outside], x[outside] * 0.5)
+    black = torch.zeros(2, 6, 6, dtype=torch.bool)
+    black[0, 0, 1:5] = black[0, 5, 1:5] = black[0, 1:5, 0] = black[0, 1:5, 5] = True
+    black[1, 1, 0:4] = black[1, 3, 0:4] = True
+    black[1, 2, 4] = True
+    far = (~masks & ~black).unsqueeze(1).expand_as(x)
+    assert torch.equal(out[far], x[far] * 0.5)
+    assert torch.equal(out.permute(0, 2, 3, 1)[black], BLACK.expand(int(black.sum()), 3))
     assert torch.equal(out[0, :, 2:4, 2:4], x[0, :, 2:4, 2:4])
     ring = masks[0].clone()
     ring[2:4, 2:4] = False
@@ -96,6 +118,7 @@ def test_the_image_edge_is_not_a_contour() -> None:
     masks[0, :, :4] = True  # left half: contour only along column 3
     out = unit_overlay(images, masks)
     assert torch.equal(out[0, :, :, 3], YELLOW.view(3, 1).expand(3, 8))
+    assert torch.equal(out[0, :, :, 4], BLACK.view(3, 1).expand(3, 8))
     assert torch.equal(out[0, :, :, :3], to_unit_range(images)[0, :, :, :3])
 
 
@@ -112,6 +135,7 @@ def test_overlay_matches_a_pixel_by_pixel_reference(bits: list[bool], seed: int)
     for n in range(2):
         contour = brute_force_contour(masks[n])
         expected = torch.where(masks[n], x[n], x[n] * 0.5)
+        expected[:, brute_force_ring(masks[n])] = BLACK.view(3, 1)
         expected[:, contour] = YELLOW.view(3, 1)
         assert torch.equal(out[n], expected)
 
@@ -144,10 +168,12 @@ def test_gallery_shape_arithmetic() -> None:
     assert one.shape[2] == three.shape[2] == 2 + 4 * (64 + 2)
     assert bigger.shape[2] == 2 + 4 * (96 + 2)
     assert three.shape[1] == 3 * one.shape[1]
-    assert bigger.shape[1] - one.shape[1] == 32  # only the images grow, not the title
     title_height = one.shape[1] - (64 + 4)
     assert 8 <= title_height <= 30
+    assert bigger.shape[1] - (96 + 4) >= title_height  # a wider image gets taller letters
     assert one.min() >= 0 and one.max() <= 1
+    default = unit_gallery([row])  # 32-px samples are enlarged to 96 px
+    assert default.shape[2] == bigger.shape[2] and torch.equal(default, bigger)
 
 
 def test_gallery_cells_are_the_nearest_neighbour_enlarged_overlays() -> None:
@@ -208,7 +234,7 @@ def test_gallery_without_rows_says_so() -> None:
 def test_gallery_rejects_bad_input() -> None:
     row = scene_row("a", 1)
     for scale in (0, 1.5, True):
-        with pytest.raises(ValueError, match=r"`scale` to be an integer ≥ 1"):
+        with pytest.raises(ValueError, match=r"`scale` to be None or an integer ≥ 1"):
             unit_gallery([row], scale=scale)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"GalleryRow objects, but row 1 is tuple"):
         unit_gallery([row, ("a", row.images, row.masks)])  # type: ignore[list-item]
@@ -400,37 +426,78 @@ def matched(patterns: list[str], tags: list[str]) -> set[str]:
     return {t for t in tags if any(re.search(p, t) for p in patterns)}
 
 
-def test_layout_groups_every_tag_the_callback_writes() -> None:
+def test_layout_charts_one_line_per_layer_run_and_one_per_category_run() -> None:
     layers = ["generator.layer1", "generator.layer10", "generatorXlayer1"]
     categories = ["object", "part", "material"]
     layout = custom_scalars_layout(layers, categories)
-    tags = {layer: list(layer_scalar_tags(layer, categories).values()) for layer in layers}
-    everything = [t for layer in layers for t in tags[layer]]
-    everything += ["dissection/generator.layer1/interpretable_units/object_part"]  # a decoy
+    summary = {
+        "layers": {
+            layer: {
+                "interpretable_units": {c: i + j for j, c in enumerate(categories)},
+                "total": 3 * i + 3,
+                "distinct_concepts": i,
+                "label_stability": 0.5,
+                "mean_best_iou": 0.1 * i,
+            }
+            for i, layer in enumerate(layers)
+        }
+    }
+    runs = run_scalars(summary, categories)
+    decoys = ["dissection/generator.layer1/interpretable_units/object_part"]
+    assert set(runs) == {f"dissection/{n}" for n in layers} | {
+        f"dissection/categories/{c}" for c in [*categories, "total"]
+    }
 
     assert list(layout) == ["dissection (all layers)"] + [f"dissection: {n}" for n in layers]
     across = layout["dissection (all layers)"]
-    for chart, key in [
-        ("distinct concepts (all layers)", "distinct_concepts"),
-        ("label stability (all layers)", "label_stability"),
-        ("mean best IoU (all layers)", "mean_best_iou"),
-    ]:
+    assert list(across) == list(ACROSS_LAYERS)
+    for chart in ACROSS_LAYERS:
         kind, patterns = across[chart]
         assert kind == "Multiline"
-        assert matched(patterns, everything) == {f"dissection/{n}/{key}" for n in layers}
-    for layer in layers:
+        lines = {run for run, scalars in runs.items() if matched(patterns, [*scalars, *decoys])}
+        assert lines == {f"dissection/{n}" for n in layers}  # one line (run) per layer
+    for i, layer in enumerate(layers):
         kind, patterns = layout[f"dissection: {layer}"]["interpretable units by category"]
         assert kind == "Multiline"
-        assert matched(patterns, everything) == {
-            f"dissection/{layer}/interpretable_units/{c}" for c in [*categories, "total"]
+        values = {
+            run: scalars[tag]
+            for run, scalars in runs.items()
+            for tag in matched(patterns, [*scalars, *decoys])
+        }
+        assert values == {
+            **{f"dissection/categories/{c}": float(i + j) for j, c in enumerate(categories)},
+            "dissection/categories/total": float(3 * i + 3),
         }
     charted = {
-        t
+        (run, t)
         for section in layout.values()
         for _, ps in section.values()
-        for t in matched(ps, everything)
+        for run, scalars in runs.items()
+        for t in matched(ps, list(scalars))
     }
-    assert charted == set(everything) - {everything[-1]}
+    layer_keys = [f"interpretable_units/{c}" for c in categories]
+    uncharted = {(f"dissection/{n}", f"dissection/{k}") for n in layers for k in layer_keys}
+    assert charted == {(r, t) for r, s in runs.items() for t in s} - uncharted
+
+
+def test_run_scalars_hold_the_same_numbers_as_the_main_run() -> None:
+    summary = {
+        "layers": {
+            "g.l3": {
+                "interpretable_units": {"object": 2, "part": 1},
+                "total": 3,
+                "distinct_concepts": 2,
+                "label_stability": None,
+                "mean_best_iou": 0.25,
+            }
+        }
+    }
+    main = scalar_values(summary, ["object", "part"])
+    runs = run_scalars(summary, ["object", "part"])
+    layer = runs["dissection/g.l3"]
+    assert {t.replace("dissection/", "dissection/g.l3/", 1): v for t, v in layer.items()} == main
+    assert "dissection/label_stability" not in layer  # unknown at the first dissection: no point
+    assert runs["dissection/categories/part"] == {"dissection/g.l3/interpretable_units": 1.0}
 
 
 def test_scalar_tags_follow_the_callback_scheme() -> None:
@@ -449,8 +516,8 @@ def test_a_named_dissection_has_its_own_tags_and_layout_sections() -> None:
     layout = custom_scalars_layout(["g.l3"], ["object"], prefix="dissection_ema")
     assert list(layout) == ["dissection_ema (all layers)", "dissection_ema: g.l3"]
     patterns = layout["dissection_ema: g.l3"]["interpretable units by category"][1]
-    assert matched(patterns, ["dissection/g.l3/interpretable_units/total"]) == set()
-    assert matched(patterns, ["dissection_ema/g.l3/interpretable_units/total"])
+    assert matched(patterns, ["dissection/g.l3/interpretable_units"]) == set()
+    assert matched(patterns, ["dissection_ema/g.l3/interpretable_units"])
     with pytest.raises(ValueError, match=r"`prefix` to be a sequence of non-empty strings"):
         layer_scalar_tags("g.l3", ["object"], prefix="")
 

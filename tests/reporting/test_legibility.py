@@ -1,0 +1,178 @@
+"""What a user sees in TensorBoard's image cards: label sizes, outlines, legends, row labels.
+
+TensorBoard shows an image scaled to its card's width (about 500 px) unless "show actual size"
+is ticked, so sizes are measured on the rendered pixels and scaled to that display width.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
+from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
+from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
+from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
+from gan_dissect_callbacks.reporting.intervention import intervention_grid
+from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+
+
+def ink_rows(band: Tensor) -> Tensor:
+    """Indices of the rows of ``[3, h, w]`` holding dark (text) pixels."""
+    return (band < 0.5).all(dim=0).any(dim=1).nonzero().flatten()
+
+
+def shown_height(pixels: int, image_width: int) -> float:
+    """How tall ``pixels`` look in an image card ``DISPLAY_WIDTH`` wide (never enlarged)."""
+    return pixels * min(1.0, DISPLAY_WIDTH / image_width)
+
+
+def luminance(rgb: Tensor) -> Tensor:
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+# --------------------------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize(("top_k", "size"), [(8, 32), (12, 32), (8, 64), (4, 16), (1, 32)])
+def test_gallery_capitals_are_at_least_10_px_tall_in_a_500_px_card(top_k: int, size: int) -> None:
+    images, masks = render_scenes(top_k, size=size, generator=torch.Generator().manual_seed(0))
+    sky = masks[:, SCENE_VOCABULARY.index("sky")]
+    gallery = unit_gallery([GalleryRow("HIH", images, sky), GalleryRow("HIH", images, sky)])
+    width = gallery.shape[2]
+    tile = -(-96 // size) * size  # samples are enlarged to ≥ 96 px
+    assert tile >= 96
+    block = gallery.shape[1] // 2
+    band = gallery[:, : block - (tile + 4)]  # above the row of tiles and its padding
+    rows = ink_rows(band)
+    cap = int(rows.max() - rows.min() + 1)
+    assert cap >= label_cap_height(width)  # the rule, stated in docs/tensorboard.md
+    assert shown_height(cap, width) >= 10
+    assert torch.all(gallery[:, block - 2 : block] == 1.0)  # a white gap under the tiles
+
+
+def test_gallery_with_eight_32_px_samples_is_about_800_px_wide_with_16_px_capitals() -> None:
+    images, masks = render_scenes(8, size=32, generator=torch.Generator().manual_seed(0))
+    gallery = unit_gallery([GalleryRow("HIH", images, masks[:, 0])])
+    assert gallery.shape[2] == 2 + 8 * (96 + 2)
+    rows = ink_rows(gallery[:, :30])
+    assert rows.max() - rows.min() + 1 >= 16  # 16 px · 500 / 786 ≈ 10.2 px on screen
+
+
+def test_intervention_grid_rows_are_labelled_legibly_with_the_units() -> None:
+    g = torch.Generator().manual_seed(0)
+    shots = {k: torch.rand(8, 3, 32, 32, generator=g) * 2 - 1 for k in ("original", "ablated")}
+    shots["inserted"] = shots["original"]
+    plain = intervention_grid(shots)
+    named = intervention_grid(shots, units=[3, 7, 12])
+    width = named.shape[2]
+    assert width == 2 + 8 * (64 + 2) and plain.shape == named.shape
+
+    # three bands of text, each above a row of 64-px images
+    band_height = (named.shape[1] - 3 * (64 + 2)) // 3
+    assert band_height >= label_cap_height(width)
+    bands = [
+        named[:, i * (band_height + 66) : i * (band_height + 66) + band_height] for i in range(3)
+    ]
+    rows = [named[:, i * (band_height + 66) + band_height :][:, :64] for i in range(3)]
+    for band in bands:
+        assert ink_rows(band).numel() > 0
+    for row, key in zip(rows, ("original", "ablated", "inserted"), strict=True):
+        expected = to_unit_range(shots[key][0].repeat_interleave(2, 1).repeat_interleave(2, 2))
+        assert torch.equal(row[:, :, 2:66], expected)  # the labels cover no sample
+
+    def ink_width(band: Tensor) -> int:
+        columns = (band < 0.5).all(dim=0).any(dim=0).nonzero().flatten()
+        return int(columns.max() - columns.min() + 1)
+
+    # "ablated: units 3, 7, 12" is wider than "ablated"; "original" names no units
+    plain_bands = [plain[:, i * (band_height + 66) :][:, :band_height] for i in range(3)]
+    assert torch.equal(plain_bands[0], bands[0])
+    assert ink_width(bands[1]) > ink_width(plain_bands[1]) + 40
+    assert ink_width(bands[2]) > ink_width(plain_bands[2]) + 40
+    # the cap height: "units" has no capitals, so the ink of the lower-case "d" and "l" counts
+    cap = ink_rows(bands[1])
+    assert shown_height(int(cap.max() - cap.min() + 1), width) >= 10
+
+
+# --------------------------------------------------------------------------------- contours
+
+
+@pytest.mark.parametrize("colour", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.0)], ids=["white", "yellow"])
+def test_the_outline_stands_out_on_white_and_yellow_concepts(colour: tuple[float, ...]) -> None:
+    rgb = torch.tensor(colour)
+    images = (rgb * 2 - 1).view(1, 3, 1, 1).expand(1, 3, 12, 12).clone()  # a flat concept
+    masks = torch.zeros(1, 12, 12, dtype=torch.bool)
+    masks[0, 3:9, 3:9] = True
+    out = unit_overlay(images, masks)[0].permute(1, 2, 0)
+    inside, outside = rgb, rgb * 0.5  # the region, and the dimmed rest
+    ring = torch.zeros(12, 12, dtype=torch.bool)
+    ring[2, 3:9] = ring[9, 3:9] = ring[3:9, 2] = ring[3:9, 9] = True
+    # each contour pixel has an outline pixel beside it that differs from both sides clearly
+    assert (luminance(inside) - luminance(out[ring])).min() >= 0.85
+    assert (luminance(outside) - luminance(out[ring])).min() >= 0.4
+    assert ((out[ring] - inside).abs().amax(dim=-1) >= 0.99).all()
+
+
+@pytest.mark.parametrize("concept", ["sun", "cloud"])
+def test_the_outline_of_sun_and_cloud_in_a_gallery_is_dark_against_them(concept: str) -> None:
+    images, masks = render_scenes(6, size=32, generator=torch.Generator().manual_seed(1))
+    mask = masks[:, SCENE_VOCABULARY.index(concept)]
+    assert mask.any()
+    out = unit_overlay(images, mask).permute(0, 2, 3, 1)
+    colour = to_unit_range(images).permute(0, 2, 3, 1)[mask].mean(dim=0)
+    assert luminance(colour) > 0.75  # a light concept, on which yellow alone vanishes
+    grown = mask.clone()
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    grown[:, :, 1:] |= mask[:, :, :-1]
+    grown[:, :, :-1] |= mask[:, :, 1:]
+    ring = grown & ~mask
+    assert ring.any()
+    assert (luminance(colour) - luminance(out[ring])).min() >= 0.75
+
+
+# --------------------------------------------------------------------------------- legends
+
+
+def test_the_category_chart_legend_and_title_lie_inside_the_figure_with_long_names() -> None:
+    categories = [
+        "object",
+        "material: a long category name that would be cut off",
+        "another rather long category name",
+        "part",
+    ]
+    vocab = ConceptVocabulary.from_pairs([(f"concept {i}", c) for i, c in enumerate(categories)])
+    units = [
+        UnitReport(u, f"concept {u % 4}", categories[u % 4], 0.2, 1.0, 0.1, True) for u in range(9)
+    ]
+    fig = category_chart(LayerReport("generator.layer3", 9, units, []), vocab)
+    image = figure_to_image(fig)  # draws the figure as it is logged
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    figure = fig.bbox
+    assert image.shape[2] == int(figure.width)
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert "material: a long category name that would be cut off: 2 units" in texts
+    title = fig.get_suptitle()
+    suptitle = next(t for t in fig.texts if t.get_text() == title)
+    for artist in [legend, suptitle, *legend.get_texts()]:
+        box = artist.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= figure.width
+        assert box.y0 >= 0 and box.y1 <= figure.height
+
+
+def test_the_unit_timeline_has_10_px_capitals_and_fits_a_card_for_six_steps() -> None:
+    from gan_dissect_callbacks.reporting.evolution import UnitTimeline, timeline_image
+
+    steps = [0, 500, 1000, 1500, 2000, 2500]
+    timeline = UnitTimeline(
+        "HIH", steps, [3, 1], [[0.1] * 6, [0.2] * 6], [["window"] * 6, [None] * 6]
+    )
+    image = timeline_image(timeline)
+    assert image.shape[2] <= DISPLAY_WIDTH  # shown at actual size in the card
+    rows = ink_rows(image[:, :20])  # the title line "HIH: top units by latest IoU"
+    assert int(rows.max() - rows.min() + 1) >= 10
