@@ -217,7 +217,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         self.prune = prune
         self.discriminator = discriminator
         self.batch_size = batch_size
-        self.seed = seed
+        self.seed = check_int(seed, "seed", minimum=0)
         self.num_descriptors_per_image = num_descriptors_per_image
         self.num_projections = num_projections
         #: The persistent mask (empty until a verified pruning is kept).

@@ -129,7 +129,7 @@ class QualityMonitor(ScheduledAnalysis):
         self.real_images = real_images
         self.num_samples = num_samples
         self.batch_size = batch_size
-        self.seed = seed
+        self.seed = check_int(seed, "seed", minimum=0)
         self.discriminator = discriminator
         self.num_descriptors_per_image = num_descriptors_per_image
         self.num_projections = num_projections
