@@ -113,7 +113,7 @@ def test_training_scaling_profile_and_gpu(results: tuple[dict[str, Any], str]) -
         "InterventionCallback",
         "ArtifactPruningCallback",
         "QualityMonitor",
-        "demo default_callbacks (all three)",
+        "demo default_callbacks (all four)",
     }
     for config in training["configs"].values():
         assert _positive(config["analysis_s_per_cycle"])

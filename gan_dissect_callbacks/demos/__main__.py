@@ -1,6 +1,7 @@
 """The toy world's command line: ``python -m gan_dissect_callbacks.demos COMMAND``.
 
-Commands: ``train`` (the demo), ``train-segmenter``, ``evaluate-segmenter``.
+Commands: ``train`` (the demo), ``summary`` (the numbers of a run), ``train-segmenter``,
+``evaluate-segmenter``, ``figure``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,19 @@ def _train(args: argparse.Namespace) -> None:
         save_scene_gan_weights(model, args.save_weights)
         print(f"saved {args.save_weights}")
     log_dir = trainer.logger.log_dir if trainer.logger is not None else args.log_dir
-    print(f"\nTensorBoard logs: {log_dir}")
+    # Lightning's "max_steps reached" above counts optimizer steps: two per batch.
+    print(f"\nTrained {trainer.fit_loop.total_batch_idx + 1} batches.")
+    print(f"TensorBoard logs: {log_dir}")
     print(f"Open them with:  tensorboard --logdir {args.log_dir}  (then http://localhost:6006)")
+    if args.dissect:
+        print(f"The numbers:     python -m gan_dissect_callbacks.demos summary {log_dir}")
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from gan_dissect_callbacks.demos.summary import format_summary, summarize_run
+
+    summary = summarize_run(args.run)
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
 
 
 def _train_segmenter(args: argparse.Namespace) -> None:
@@ -103,11 +115,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--no-dissect", dest="dissect", action="store_false", help="train without the callbacks"
     )
     train.add_argument(
-        "--dissect-every", type=int, default=500, help="dissect every N batches (default 500)"
+        "--dissect-every",
+        type=int,
+        default=500,
+        help="analyse every N batches (default 500)",
     )
     train.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default cpu)")
     train.add_argument("--save-weights", default=None, help="save the trained GAN to this file")
     train.set_defaults(func=_train)
+
+    summary = sub.add_parser(
+        "summary", help="print a run's numbers from its analysis reports and SWD scalars"
+    )
+    summary.add_argument("run", help="the run's log folder, e.g. runs/scenes/version_0")
+    summary.add_argument("--json", action="store_true", help="print them as JSON")
+    summary.set_defaults(func=_summary)
 
     seg = sub.add_parser("train-segmenter", help="train the toy segmenter and save its weights")
     seg.add_argument("--steps", type=int, default=2000)
