@@ -39,7 +39,10 @@ def _train(args: argparse.Namespace) -> None:
     # Lightning's "max_steps reached" above counts optimizer steps: two per batch.
     print(f"\nTrained {trainer.fit_loop.total_batch_idx + 1} batches.")
     print(f"TensorBoard logs: {log_dir}")
-    print(f"Open them with:  tensorboard --logdir {args.log_dir}  (then http://localhost:6006)")
+    print(
+        f"Open them with:  tensorboard --logdir {args.log_dir} --samples_per_plugin images=1000"
+        "  (then http://localhost:6006)"
+    )
     if args.dissect:
         print(f"The numbers:     python -m gan_dissect_callbacks.demos summary {log_dir}")
 

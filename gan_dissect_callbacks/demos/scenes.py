@@ -136,9 +136,10 @@ def render_scenes(
 
     index = {name: i for i, name in enumerate(SCENE_VOCABULARY.names)}
     none = -1
-    obj = torch.full((n, size, size), none, dtype=torch.long)
-    part = torch.full((n, size, size), none, dtype=torch.long)
-    mat = torch.full((n, size, size), none, dtype=torch.long)
+    # int8 ids (-1: none): the vocabulary is small, and these are full-size tensors.
+    obj = torch.full((n, size, size), none, dtype=torch.int8)
+    part = torch.full((n, size, size), none, dtype=torch.int8)
+    mat = torch.full((n, size, size), none, dtype=torch.int8)
 
     def paint(shape: Tensor, obj_name: str, part_name: str | None, mat_name: str | None) -> None:
         """Draw ``shape`` in front of what is there: it takes the object, part and material."""
@@ -213,10 +214,11 @@ def render_scenes(
     paint(win, "house", "window", None)
     paint(door, "house", "door", None)
 
+    # Compared straight into bool masks: a one-hot of int64 ids would hold 8·C bytes per pixel.
+    concepts = torch.arange(len(SCENE_VOCABULARY)).view(1, -1, 1, 1)
     masks = torch.zeros(n, len(SCENE_VOCABULARY), size, size, dtype=torch.bool)
     for ids in (obj, part, mat):
-        one_hot = torch.nn.functional.one_hot(ids.clamp(min=0), len(SCENE_VOCABULARY))
-        masks |= one_hot.permute(0, 3, 1, 2).bool() & (ids >= 0).unsqueeze(1)
+        masks |= ids.unsqueeze(1) == concepts
     images = _shade(masks, x, y, horizon, g, noise)
     return images, masks
 
@@ -227,38 +229,32 @@ def _shade(
     """Colour the scene from its masks, with gradients and textures so concepts look distinct."""
     n, _, size, _ = masks.shape
     image = torch.zeros(n, 3, size, size)
-    m = {name: masks[:, SCENE_VOCABULARY.index(name)].unsqueeze(1).float() for name in _COLOURS}
+
+    def paint(name: str, colour: Tensor) -> None:
+        # The colour regions partition the image (see the hierarchy), so each pixel gets one
+        # colour; painting each region as soon as its colour is drawn keeps one full-size
+        # colour tensor alive at a time.
+        image.add_(masks[:, SCENE_VOCABULARY.index(name)].unsqueeze(1) * colour)
 
     # Sky: lighter towards the horizon.
-    sky = _colour("sky", n, g) * (0.85 + 0.3 * (y / horizon).clamp(0, 1).unsqueeze(1))
+    paint("sky", _colour("sky", n, g) * (0.85 + 0.3 * (y / horizon).clamp(0, 1).unsqueeze(1)))
     # Grass: darker near the viewer, with a speckle texture.
     speckle = torch.rand(n, 1, size, size, generator=g) * 0.15
-    grass = _colour("grass", n, g) * (1.1 - 0.4 * y.unsqueeze(1)) + speckle - 0.07
+    paint("grass", _colour("grass", n, g) * (1.1 - 0.4 * y.unsqueeze(1)) + speckle - 0.07)
+    del speckle
     # Water: horizontal ripples.
     ripple = 0.08 * torch.sin(y.unsqueeze(1) * size * math.pi * 0.9)
-    water = _colour("water", n, g) + ripple
+    paint("water", _colour("water", n, g) + ripple)
+    del ripple
     # Brick: mortar lines every few pixels.
     period = max(size // 10, 2)
     rows = torch.arange(size).view(1, 1, size, 1)
     mortar = (rows % period == 0).float() * 0.25
-    brick = _colour("brick", n, g) * (1 - mortar) + mortar * 0.6
-    crown = _colour("crown", n, g) * (0.8 + 0.4 * torch.rand(n, 1, size, size, generator=g))
-
-    layers = {
-        "sky": sky,
-        "sun": _colour("sun", n, g, 0.05),
-        "cloud": _colour("cloud", n, g, 0.04),
-        "grass": grass,
-        "water": water,
-        "trunk": _colour("trunk", n, g),
-        "crown": crown,
-        "brick": brick,
-        "roof": _colour("roof", n, g),
-        "window": _colour("window", n, g),
-        "door": _colour("door", n, g),
-    }
-    # The colour regions partition the image (see the hierarchy): paint each one.
-    for name, colour in layers.items():
-        image = image + m[name] * colour
+    paint("brick", _colour("brick", n, g) * (1 - mortar) + mortar * 0.6)
+    paint("crown", _colour("crown", n, g) * (0.8 + 0.4 * torch.rand(n, 1, size, size, generator=g)))
+    paint("sun", _colour("sun", n, g, 0.05))
+    paint("cloud", _colour("cloud", n, g, 0.04))
+    for name in ("trunk", "roof", "window", "door"):
+        paint(name, _colour(name, n, g))
     image = image + noise * torch.randn(image.shape, generator=g)
     return (image.clamp(0, 1) * 2 - 1).contiguous()
