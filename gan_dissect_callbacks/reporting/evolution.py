@@ -31,7 +31,9 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.images import (
+    DISPLAY_WIDTH,
     MIN_LABEL_PX,
+    label_cap_height,
     label_font,
     line_metrics,
     text_width,
@@ -143,11 +145,15 @@ def timeline_image(timeline: UnitTimeline) -> Tensor:
 
     Each cell is coloured by the unit's best IoU at that step (viridis, dark 0 to yellow at the
     table's largest IoU; grey when unknown) and reads its concept, :data:`NO_LABEL` when it is
-    not interpretable. The header row gives the steps, the first column the units, the last
-    line the colour scale. Capitals are :data:`~gan_dissect_callbacks.reporting.images.MIN_LABEL_PX`
-    (10) px tall: at least that in TensorBoard's card while the table is at most
-    :data:`~gan_dissect_callbacks.reporting.images.DISPLAY_WIDTH` wide (about 7 steps of short
-    labels; the default shows the last 8). Drawn with Pillow, no figure.
+    not interpretable. A header row gives the steps, the first column the units, the last line
+    the colour scale. So that TensorBoard's card shows the table at actual size, with 10-px
+    capitals (:data:`~gan_dissect_callbacks.reporting.images.MIN_LABEL_PX`), the steps wrap
+    into blocks stacked top to bottom (each with its own header row), as many steps a block as
+    fit :data:`~gan_dissect_callbacks.reporting.images.DISPLAY_WIDTH` pixels. Should one step's
+    column not fit (very long concept names), the letters grow by
+    :func:`~gan_dissect_callbacks.reporting.images.label_cap_height` of the table's width, up
+    to twice their least size.
+    Drawn with Pillow, no figure.
 
     Returns:
         ``[3, H, W]`` float image in ``[0, 1]``, for ``SummaryWriter.add_image``.
@@ -160,24 +166,39 @@ def timeline_image(timeline: UnitTimeline) -> Tensor:
     """
     from matplotlib import colormaps
 
-    font = label_font(MIN_LABEL_PX)
     pad = 6
-    ascent, descent = line_metrics(font)
-    line = descent - ascent
-    row_height = line + 2 * pad
     cells = [[NO_LABEL if lab is None else lab for lab in row] for row in timeline.labels]
     heads = [f"#{u}" for u in timeline.units]
     steps = [str(s) for s in timeline.steps]
-    first = max(text_width(t, font) for t in [*heads, "unit"]) + 2 * pad
-    column = max(text_width(t, font) for t in [*steps, *(c for r in cells for c in r)]) + 2 * pad
-    column = max(column, 48)
     known = [v for row in timeline.ious for v in row if v is not None]
     top = max(known) if known else 1.0
     title = f"{timeline.layer}: top units by latest IoU"
     footer = f"colour: best IoU, dark 0 to yellow {top:.2f}"
-    width = max(first + column * len(steps), text_width(title, font), text_width(footer, font))
-    width += 2 * pad
-    height = row_height * (len(heads) + 3)
+
+    def layout(cap: int) -> tuple[Any, int, int, int, int]:
+        font = label_font(cap)
+        first = max(text_width(t, font) for t in [*heads, "unit"]) + 2 * pad
+        cell = [*steps, *(c for r in cells for c in r)]
+        column = max(max(text_width(t, font) for t in cell) + 2 * pad, 48 * cap // MIN_LABEL_PX)
+        per_block = max(1, min(len(steps), (DISPLAY_WIDTH - 2 * pad - first) // column))
+        width = max(first + column * per_block, text_width(title, font), text_width(footer, font))
+        return font, first, column, per_block, width + 2 * pad
+
+    cap = MIN_LABEL_PX
+    font, first, column, per_block, width = layout(cap)
+    # Only a table wider than the card grows its letters; a few steps settle the size. A column
+    # of text alone over 35 capitals wide grows with its letters and never settles, so at most
+    # twice the least size.
+    for _ in range(8):
+        need = min(label_cap_height(width), 2 * MIN_LABEL_PX)
+        if need <= cap:
+            break
+        cap = need
+        font, first, column, per_block, width = layout(cap)
+    ascent, descent = line_metrics(font)
+    row_height = descent - ascent + 2 * pad
+    blocks = [range(j, min(j + per_block, len(steps))) for j in range(0, len(steps), per_block)]
+    height = row_height * (2 + len(blocks) * (len(heads) + 1))
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
 
@@ -185,20 +206,22 @@ def timeline_image(timeline: UnitTimeline) -> Tensor:
         draw.text((x, y + pad - ascent), text, fill=fill, font=font)
 
     write(pad, 0, title)
-    write(pad, row_height, "unit")
-    for j, step in enumerate(steps):
-        write(pad + first + j * column + pad, row_height, step)
     viridis = colormaps["viridis"]
-    for i, head in enumerate(heads):
-        y = row_height * (i + 2)
-        write(pad + pad, y, head)
-        for j, text in enumerate(cells[i]):
-            x = pad + first + j * column
-            value = timeline.ious[i][j]
-            rgb = (0.8, 0.8, 0.8) if value is None else viridis(value / max(top, 1e-12))[:3]
-            fill = tuple(round(255 * c) for c in rgb)
-            draw.rectangle([x, y, x + column - 2, y + row_height - 2], fill=fill)
-            write(x + pad, y, text, _text_colour(rgb))
-    write(pad, row_height * (len(heads) + 2), footer)
+    for b, block in enumerate(blocks):
+        y0 = row_height * (1 + b * (len(heads) + 1))
+        write(pad, y0, "unit")
+        for k, j in enumerate(block):
+            write(pad + first + k * column + pad, y0, steps[j])
+        for i, head in enumerate(heads):
+            y = y0 + row_height * (i + 1)
+            write(pad + pad, y, head)
+            for k, j in enumerate(block):
+                x = pad + first + k * column
+                value = timeline.ious[i][j]
+                rgb = (0.8, 0.8, 0.8) if value is None else viridis(value / max(top, 1e-12))[:3]
+                fill = tuple(round(255 * c) for c in rgb)
+                draw.rectangle([x, y, x + column - 2, y + row_height - 2], fill=fill)
+                write(x + pad, y, cells[i][j], _text_colour(rgb))
+    write(pad, height - row_height, footer)
     pixels = torch.from_numpy(np.array(canvas, dtype=np.uint8))
     return pixels.permute(2, 0, 1).float() / 255

@@ -185,7 +185,7 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int | None = None) -> Ten
     Titles' capital letters are
     ``label_cap_height(W)`` pixels tall
     (:func:`~gan_dissect_callbacks.reporting.images.label_cap_height`), so
-    they stay ≥ 10 px when TensorBoard's card shows the image 500 px wide. With no rows the
+    they stay ≥ 10 px when TensorBoard's card shows the image 350 px wide. With no rows the
     image just says "no units to show".
 
     Args:

@@ -41,6 +41,7 @@ from gan_dissect_callbacks.reporting.images import (
     label_cap_height,
     label_font,
     text_band,
+    text_width,
 )
 from gan_dissect_callbacks.reporting.writing import RunWriters
 
@@ -191,7 +192,8 @@ def intervention_grid(shots: Mapping[str, Tensor], *, units: Sequence[int] | Non
     TensorBoard. Above each row a label says what it shows — ``"original"``,
     ``"ablated: units 3, 7"``, ``"inserted: units 3, 7"`` — in letters whose cap height follows
     :func:`~gan_dissect_callbacks.reporting.images.label_cap_height`, so they stay ≥ 10 px when
-    TensorBoard's card shows the image 500 px wide.
+    TensorBoard's card shows the image 350 px wide. A label wider than the samples widens the
+    image (white on the right).
 
     Args:
         shots: ``{"original", "ablated", "inserted"}`` images ``[N, C, H, W]`` in ``[-1, 1]``.
@@ -216,11 +218,17 @@ def intervention_grid(shots: Mapping[str, Tensor], *, units: Sequence[int] | Non
     ]
     width = max(g.shape[2] for g in grids)
     font = label_font(label_cap_height(width))
+    labels = [row if row == "original" else f"{row}{named}" for row in GRID_ROWS]
+    # Many units make a label wider than the samples; it widens the image rather than be cut.
+    width = max(width, *(text_width(label, font) + 4 for label in labels))
     blocks = []
-    for row, grid in zip(GRID_ROWS, grids, strict=True):
-        label = row if row == "original" else f"{row}{named}"
+    for label, grid in zip(labels, grids, strict=True):
         blocks.append(text_band(label, width, font))
-        blocks.append(grid[:, 2:])  # the band's padding already separates it from the row above
+        row = grid[:, 2:]  # the band's padding already separates it from the row above
+        if row.shape[2] < width:
+            pad = torch.ones(row.shape[0], row.shape[1], width - row.shape[2])
+            row = torch.cat([row, pad], dim=2)
+        blocks.append(row)
     return torch.cat(blocks, dim=1)
 
 

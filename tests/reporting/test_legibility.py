@@ -1,7 +1,8 @@
 """What a user sees in TensorBoard's image cards: label sizes, outlines, legends, row labels.
 
-TensorBoard shows an image scaled to its card's width (about 500 px) unless "show actual size"
-is ticked, so sizes are measured on the rendered pixels and scaled to that display width.
+TensorBoard's Images dashboard shows an image scaled to its card's width (350 px, measured in a
+1400-px-wide window) unless "show actual image size" is ticked, so sizes are measured on the
+rendered pixels and scaled to that display width.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, 
 from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
 from gan_dissect_callbacks.reporting.intervention import intervention_grid
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+
+GRID_KEYS = ("original", "ablated", "inserted")
 
 
 def ink_rows(band: Tensor) -> Tensor:
@@ -37,7 +40,7 @@ def luminance(rgb: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize(("top_k", "size"), [(8, 32), (12, 32), (8, 64), (4, 16), (1, 32)])
-def test_gallery_capitals_are_at_least_10_px_tall_in_a_500_px_card(top_k: int, size: int) -> None:
+def test_gallery_capitals_are_at_least_10_px_tall_in_a_350_px_card(top_k: int, size: int) -> None:
     images, masks = render_scenes(top_k, size=size, generator=torch.Generator().manual_seed(0))
     sky = masks[:, SCENE_VOCABULARY.index("sky")]
     gallery = unit_gallery([GalleryRow("HIH", images, sky), GalleryRow("HIH", images, sky)])
@@ -53,12 +56,12 @@ def test_gallery_capitals_are_at_least_10_px_tall_in_a_500_px_card(top_k: int, s
     assert torch.all(gallery[:, block - 2 : block] == 1.0)  # a white gap under the tiles
 
 
-def test_gallery_with_eight_32_px_samples_is_about_800_px_wide_with_16_px_capitals() -> None:
+def test_gallery_with_eight_32_px_samples_is_about_800_px_wide_with_23_px_capitals() -> None:
     images, masks = render_scenes(8, size=32, generator=torch.Generator().manual_seed(0))
     gallery = unit_gallery([GalleryRow("HIH", images, masks[:, 0])])
-    assert gallery.shape[2] == 2 + 8 * (96 + 2)
-    rows = ink_rows(gallery[:, :30])
-    assert rows.max() - rows.min() + 1 >= 16  # 16 px · 500 / 786 ≈ 10.2 px on screen
+    assert DISPLAY_WIDTH == 350 and gallery.shape[2] == 2 + 8 * (96 + 2)
+    rows = ink_rows(gallery[:, :40])
+    assert rows.max() - rows.min() + 1 == 23  # 23 px · 350 / 786 ≈ 10.2 px on screen
 
 
 def test_intervention_grid_rows_are_labelled_legibly_with_the_units() -> None:
@@ -165,14 +168,65 @@ def test_the_category_chart_legend_and_title_lie_inside_the_figure_with_long_nam
         assert box.y0 >= 0 and box.y1 <= figure.height
 
 
-def test_the_unit_timeline_has_10_px_capitals_and_fits_a_card_for_six_steps() -> None:
+def _cap_of_first_line(image: Tensor) -> int:
+    """Ink height of the first line of text: the title "HIH: ..." starts with capitals."""
+    dark = (image < 0.5).all(dim=0)
+    rows = dark[:, :18].any(dim=1)  # "HI": only capitals in the first columns
+    first = rows.nonzero().flatten()
+    end = int(first[0])
+    while end < rows.shape[0] and rows[end]:
+        end += 1
+    return end - int(first[0])
+
+
+@pytest.mark.parametrize("n_steps", [1, 6, 8, 16])
+def test_the_unit_timeline_shows_at_actual_size_in_the_card_with_10_px_capitals(
+    n_steps: int,
+) -> None:
     from gan_dissect_callbacks.reporting.evolution import UnitTimeline, timeline_image
 
-    steps = [0, 500, 1000, 1500, 2000, 2500]
+    steps = [500 * i for i in range(n_steps)]
+    names = ["window", None, "cloud", "sky"]
     timeline = UnitTimeline(
-        "HIH", steps, [3, 1], [[0.1] * 6, [0.2] * 6], [["window"] * 6, [None] * 6]
+        "HIH",
+        steps,
+        list(range(12)),
+        [[0.02 * i] * n_steps for i in range(12)],
+        [[names[i % 4]] * n_steps for i in range(12)],
     )
     image = timeline_image(timeline)
     assert image.shape[2] <= DISPLAY_WIDTH  # shown at actual size in the card
-    rows = ink_rows(image[:, :20])  # the title line "HIH: top units by latest IoU"
-    assert int(rows.max() - rows.min() + 1) >= 10
+    assert _cap_of_first_line(image) == 10
+    # the steps wrap into blocks of 4 ("window" at 10 px), each a header row and 12 unit rows,
+    # under a title line and above a footer line; one step's table gives the line height
+    one = timeline_image(UnitTimeline("HIH", [0], list(range(12)), [[0.1]] * 12, [["window"]] * 12))
+    assert one.shape[1] % 15 == 0
+    assert image.shape[1] == one.shape[1] // 15 * (2 + -(-n_steps // 4) * 13)
+
+
+def test_a_timeline_column_wider_than_the_card_grows_its_letters_by_the_rule() -> None:
+    from gan_dissect_callbacks.reporting.evolution import UnitTimeline, timeline_image
+
+    timeline = UnitTimeline("HIH", [0, 500], [1], [[0.1, 0.2]], [["x" * 45] * 2])
+    image = timeline_image(timeline)
+    width = image.shape[2]
+    assert width > DISPLAY_WIDTH
+    cap = _cap_of_first_line(image)
+    assert cap >= label_cap_height(width)
+    assert shown_height(cap, width) >= 10 - 1e-9
+    # a name too long to ever settle stops growing at twice the least size
+    huge = timeline_image(UnitTimeline("HIH", [0], [1], [[0.1]], [["x" * 300]]))
+    assert _cap_of_first_line(huge) == 20 and huge.shape[2] < 5000
+
+
+def test_intervention_labels_naming_many_units_widen_the_grid_and_are_not_cut() -> None:
+    g = torch.Generator().manual_seed(0)
+    shots = {k: torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for k in GRID_KEYS}
+    units = list(range(100, 120))
+    grid = intervention_grid(shots, units=units)
+    samples = 2 + 2 * (64 + 2)
+    assert grid.shape[2] > samples
+    dark = (grid < 0.5).all(dim=0)
+    columns = dark.any(dim=0).nonzero().flatten()
+    assert int(columns.max()) < grid.shape[2] - 1  # white after the last letter
+    assert torch.all(grid[:, :, samples:][:, -64:] == 1.0)  # white right of the last samples
