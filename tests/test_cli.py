@@ -91,11 +91,11 @@ def test_checkpoint_gives_the_report_dissect_gives_and_the_callback_views(
         prefix = f"dissection/{layer}"
         assert f"{prefix}/interpretable_units/total" in tags["scalars"]
         assert f"{prefix}/label_stability" not in tags["scalars"]  # nothing to compare with
-        assert f"{prefix}/gallery" in tags["images"]
+        assert f"{prefix}/gallery/0" in tags["images"]
         assert f"{prefix}/unit_classes" in tags["images"]
         assert f"{prefix}/best_iou" in tags["histograms"]
         assert f"{prefix}/units/text_summary" in tags["tensors"]
-        assert [e.step for e in events.Images(f"{prefix}/gallery")] == [2]
+        assert [e.step for e in events.Images(f"{prefix}/gallery/0")] == [2]
     assert "custom_scalars__config__" in tags["tensors"]
 
 

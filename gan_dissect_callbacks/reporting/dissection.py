@@ -47,7 +47,14 @@ from gan_dissect_callbacks.reporting.writing import RunWriters
 if TYPE_CHECKING:
     from gan_dissect_callbacks.engines.dissection import DissectionReport, UnitReport
 
-__all__ = ["log_dissection", "run_scalars", "scalar_values", "summarise", "unit_galleries"]
+__all__ = [
+    "GALLERY_PAGE_ROWS",
+    "log_dissection",
+    "run_scalars",
+    "scalar_values",
+    "summarise",
+    "unit_galleries",
+]
 
 
 def summarise(
@@ -154,26 +161,34 @@ def _row_title(layer: str, unit: UnitReport) -> str:
     return f"{layer} #{unit.unit} {label}{iou}"
 
 
-def unit_galleries(report: DissectionReport) -> dict[str, Tensor]:
-    """Per layer with examples, a gallery of its best units and their top samples.
+#: Units per gallery image: three rows keep the labels ≥ 10 px on screen in TensorBoard's
+#: Time series card too, which shrinks an image to fit its height as well as its width.
+GALLERY_PAGE_ROWS = 3
+
+
+def unit_galleries(
+    report: DissectionReport, rows_per_page: int | None = GALLERY_PAGE_ROWS
+) -> dict[str, list[Tensor]]:
+    """Per layer with examples, galleries of its best units and their top samples.
 
     One row per :class:`~gan_dissect_callbacks.engines.dissection.UnitExamples` of
     ``report.examples[layer]`` (the order :func:`dissect` chose: interpretable units first, by
     IoU), titled ``"{layer} #{unit} {concept} IoU 0.23"`` (the concept in parentheses when the
-    unit is not interpretable). A report without examples (``top_n=0``, or read from JSON) gives
-    no gallery.
+    unit is not interpretable), ``rows_per_page`` rows per image (``None``: all in one). A report
+    without examples (``top_n=0``, or read from JSON) gives no gallery.
 
     Returns:
-        ``{layer: [3, H, W] image in [0, 1]}``, see
-        :func:`~gan_dissect_callbacks.reporting.galleries.unit_gallery`.
+        ``{layer: [page 0, page 1, ...]}``, each a ``[3, H, W]`` image in ``[0, 1]`` (see
+        :func:`~gan_dissect_callbacks.reporting.galleries.unit_gallery`) of the same width.
     """
-    galleries: dict[str, Tensor] = {}
+    galleries: dict[str, list[Tensor]] = {}
     for name, examples in report.examples.items():
         if not examples:
             continue
         units = {u.unit: u for u in report.layers[name].units}
         rows = [GalleryRow(_row_title(name, units[e.unit]), e.images, e.masks) for e in examples]
-        galleries[name] = unit_gallery(rows)
+        step = rows_per_page or len(rows)
+        galleries[name] = [unit_gallery(rows[i : i + step]) for i in range(0, len(rows), step)]
     return galleries
 
 
@@ -193,7 +208,8 @@ def log_dissection(
     Scalars (:func:`scalar_values`) in the writer's own run and, beside it, the runs of
     :func:`run_scalars` (the combined, coloured charts of the custom-scalars layout); per layer a
     histogram of the units' best IoU, the unit-class chart, the units table and, when the report
-    carries examples, the gallery (:func:`unit_galleries`); given the dissections so far
+    carries examples, the gallery pages ``{prefix}/{layer}/gallery/{page}`` of
+    :data:`GALLERY_PAGE_ROWS` units each (:func:`unit_galleries`); given the dissections so far
     (``history``, this one last), per layer the ``timeline_units`` best units' IoU and label at
     each step, as an image ``{prefix}/{layer}/unit_timeline`` (the last 8 steps) and a table
     (the last 16)
@@ -225,7 +241,7 @@ def log_dissection(
         for run, scalars in run_scalars(summary, vocabulary.categories, prefix=prefix).items():
             run_writer = run_writers.writer(writer, run)
             if run_writer is None:
-                break  # not a SummaryWriter: no runs beside it
+                break  # not a SummaryWriter, or its runs cannot be opened (it warned)
             for tag, value in scalars.items():
                 run_writer.add_scalar(tag, value, global_step=step)
         run_writers.flush()
@@ -246,8 +262,8 @@ def log_dissection(
             units_markdown(layer, categories=vocabulary.categories),
             global_step=step,
         )
-        if name in galleries:
-            writer.add_image(f"{tag}/gallery", galleries[name], global_step=step)
+        for page, gallery in enumerate(galleries.get(name, [])):
+            writer.add_image(f"{tag}/gallery/{page}", gallery, global_step=step)
         if history:
             timeline = unit_timeline(history, name, top_n=timeline_units)
             writer.add_image(f"{tag}/unit_timeline", timeline_image(timeline), step)

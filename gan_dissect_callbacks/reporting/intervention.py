@@ -262,7 +262,7 @@ def log_intervention(
         for run, scalars in concept_run_scalars(entry, name=name).items():
             run_writer = run_writers.writer(writer, run)
             if run_writer is None:
-                break  # not a SummaryWriter: no runs beside it
+                break  # not a SummaryWriter, or its runs cannot be opened (it warned)
             for tag, value in scalars.items():
                 run_writer.add_scalar(tag, value, global_step=step)
         run_writers.flush()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,9 @@ class RunWriters:
     def writer(self, parent: Any, run: str) -> Any | None:
         """The writer of run ``run`` (a relative folder) beside ``parent``; ``None`` if it has none.
 
+        ``None`` too, with a warning naming the folder, when the run's folder cannot be made
+        (e.g. a file is in the way): the parent's own run still gets every number.
+
         Raises:
             ValueError: if ``run`` is empty, absolute or climbs out of the parent's folder.
         """
@@ -143,7 +147,15 @@ class RunWriters:
         if folder not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[folder] = SummaryWriter(log_dir=folder)
+            try:
+                self._writers[folder] = SummaryWriter(log_dir=folder)
+            except OSError as err:
+                warnings.warn(
+                    f"Could not open the TensorBoard run {folder!r} ({err}); its coloured "
+                    "combined charts are not written, the main run still has every number.",
+                    stacklevel=2,
+                )
+                return None
         return self._writers[folder]
 
     def flush(self) -> None:

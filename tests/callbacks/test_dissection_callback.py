@@ -96,7 +96,7 @@ def test_tensorboard_gets_scalars_images_histograms_and_text_on_the_batch_axis(t
         assert f"{prefix}/interpretable_units/total" in tags["scalars"]
         assert f"{prefix}/distinct_concepts" in tags["scalars"]
         assert f"{prefix}/label_stability" in tags["scalars"]
-        assert f"{prefix}/gallery" in tags["images"]
+        assert f"{prefix}/gallery/0" in tags["images"]
         assert f"{prefix}/unit_classes" in tags["images"]
         assert f"{prefix}/best_iou" in tags["histograms"]
         assert f"{prefix}/units/text_summary" in tags["tensors"]  # how text is stored
@@ -338,7 +338,7 @@ def test_two_named_dissections_write_their_own_reports_and_tags(tmp_path, segmen
     for prefix, layers in (("dissection", LAYERS), ("early", ["generator.layer2"])):
         for layer in layers:
             assert f"{prefix}/{layer}/interpretable_units/total" in scalars
-            assert f"{prefix}/{layer}/gallery" in images
+            assert f"{prefix}/{layer}/gallery/0" in images
     assert not any(tag.startswith("early/generator.layer3") for tag in scalars)
 
 
@@ -405,8 +405,9 @@ def test_the_tensorboard_gallery_is_the_brute_force_redraw_of_the_top_samples(tm
             label = u.concept if u.interpretable else f"({u.concept})"
             title = f"{name} #{u.unit} {label} IoU {u.iou:.2f}"
             rows.append(GalleryRow(title, images, up[:, 0] > u.threshold))
-        gallery = image_summary("x", unit_gallery(rows), dataformats="CHW")
+        gallery = image_summary("x", unit_gallery(rows), dataformats="CHW")  # 3 units: page 0
         expected = gallery.value[0].image.encoded_image_string
-        logged = events.Images(f"dissection/{name}/gallery")
+        logged = events.Images(f"dissection/{name}/gallery/0")
         assert [e.step for e in logged] == [0]
         assert logged[0].encoded_image_string == expected, name
+        assert f"dissection/{name}/gallery/1" not in events.Tags()["images"]

@@ -150,7 +150,7 @@ def test_the_unit_timeline_is_served_as_an_image_and_a_table(served):
 
 def test_gallery_chart_and_samples_are_served_as_pngs(served):
     tags = get_json(served, "/data/plugin/images/tags")["demo/version_0"]
-    for tag in (f"dissection/{LAYER}/gallery", f"dissection/{LAYER}/unit_classes"):
+    for tag in (f"dissection/{LAYER}/gallery/0", f"dissection/{LAYER}/unit_classes"):
         assert tag in tags
         entries = get_json(served, "/data/plugin/images/images", run="demo/version_0", tag=tag)
         assert [e["step"] for e in entries] == [0, 2, 4]

@@ -111,4 +111,4 @@ def test_a_failed_json_write_keeps_the_tensorboard_output(tmp_path):
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     assert "dissection/generator.layer2/interpretable_units/total" in events.Tags()["scalars"]
-    assert "dissection/generator.layer2/gallery" in events.Tags()["images"]
+    assert "dissection/generator.layer2/gallery/0" in events.Tags()["images"]

@@ -202,3 +202,17 @@ def test_unit_timeline_of_an_old_history_without_ious_and_bad_arguments() -> Non
         unit_timeline(history, "m")
     with pytest.raises(ValueError, match=r"`top_n` to be an integer ≥ 1, but got 0"):
         unit_timeline(history, "l", top_n=0)
+
+
+def test_a_run_folder_that_cannot_be_made_warns_and_gives_no_writer(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gan_dissect_callbacks.reporting.writing import RunWriters
+
+    parent = SummaryWriter(str(tmp_path))
+    (tmp_path / "dissection").write_text("a file where the run folders should be")
+    runs = RunWriters()
+    with pytest.warns(UserWarning, match=r"Could not open the TensorBoard run .*dissection"):
+        assert runs.writer(parent, "dissection/layer3") is None
+    assert len(runs) == 0
+    parent.close()

@@ -256,15 +256,17 @@ def test_unit_galleries_draw_the_examples_the_report_carries() -> None:
         {"g.l3": layer, "g.l4": LayerReport("g.l4", 0, [], [])}, SCENE_VOCABULARY, 8, 0,
         "quantile", 0.99, 0.04, [], examples={"g.l3": examples},
     )  # fmt: skip
-    galleries = unit_galleries(report)
+    galleries = unit_galleries(report, rows_per_page=None)
     assert list(galleries) == ["g.l3"]  # a layer without examples has no gallery
-    expected = unit_gallery(
-        [
-            GalleryRow("g.l3 #0 sky IoU 0.31", images[:2], images[:2, 0] > 0),
-            GalleryRow("g.l3 #1 (tree) IoU 0.05", images[2:], images[2:, 1] > 0),
-        ]
-    )
-    assert torch.equal(galleries["g.l3"], expected)
+    rows = [
+        GalleryRow("g.l3 #0 sky IoU 0.31", images[:2], images[:2, 0] > 0),
+        GalleryRow("g.l3 #1 (tree) IoU 0.05", images[2:], images[2:, 1] > 0),
+    ]
+    assert len(galleries["g.l3"]) == 1
+    assert torch.equal(galleries["g.l3"][0], unit_gallery(rows))
+    pages = unit_galleries(report, rows_per_page=1)["g.l3"]  # a page per unit, in order
+    assert len(pages) == 2
+    assert all(torch.equal(p, unit_gallery([r])) for p, r in zip(pages, rows, strict=True))
     assert unit_galleries(DissectionReport.from_json(report.to_json())) == {}
 
 
