@@ -20,10 +20,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from gan_dissect_callbacks.callbacks.dissection import DissectionCallback
-from gan_dissect_callbacks.callbacks.intervention import InterventionCallback
+from gan_dissect_callbacks.callbacks.intervention import ACE_LOCATIONS, InterventionCallback
 from gan_dissect_callbacks.demos.gan import SceneGAN
 from gan_dissect_callbacks.engines.intervention import (
+    NoInsertionSiteError,
     average_causal_effect,
+    causal_effects,
     insertion_effect,
     insertion_values,
     removal_curve,
@@ -232,6 +234,8 @@ def test_bad_arguments() -> None:
         InterventionCallback(LAYER, ["reddish"], seg, top_n=0, max_overhead=None)
     with pytest.raises(TypeError, match=r"`dissection` to be None or a DissectionCallback"):
         InterventionCallback(LAYER, ["reddish"], seg, dissection=object(), max_overhead=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`ace_locations` to be None or an int ≥ 1, but got 0"):
+        InterventionCallback(LAYER, ["reddish"], seg, ace_locations=0, max_overhead=None)
 
 
 def test_unknown_layer_fails_in_setup(tmp_path: Path) -> None:
@@ -296,7 +300,7 @@ def test_intervenes_on_a_generator_kept_outside_the_module(tmp_path: Path) -> No
 
 def test_logged_numbers_equal_the_engine_functions_one_by_one(tmp_path: Path) -> None:
     """Shared images and logged-only unit counts change no number the callback records."""
-    watched = callback(num_random=2, log_points=(1, 2), num_images=0)
+    watched = callback(num_random=2, log_points=(1, 2), num_images=0, ace_locations=None)
     fit([watched], tmp_path, batches=2)  # one analysis, of the trained model
     g = watched.analysed_generator
     places, _ = watched._patches()
@@ -324,3 +328,24 @@ def test_logged_numbers_equal_the_engine_functions_one_by_one(tmp_path: Path) ->
         gains = logged.pop("random_fraction_gained")
         assert gains == pytest.approx(insertion.pop("random_fraction_gained"), abs=1e-9)
         assert logged == insertion
+
+
+def test_by_default_the_ace_samples_ace_locations_patches_per_sample(tmp_path: Path) -> None:
+    watched = callback(num_images=0)
+    assert watched.ace_locations == ACE_LOCATIONS
+    fit([watched], tmp_path, batches=2)
+    g = watched.analysed_generator
+    places, _ = watched._patches()
+    assert places.shape[0] > ACE_LOCATIONS  # the subset is a proper one
+    sampled: dict[str, Any] = {"num_samples": 8, "batch_size": 16, "seed": 0}
+    for concept in ("reddish", "bluish"):
+        numbers = watched.history[-1]["concepts"][concept]
+        top = numbers["ranking"][:2]
+        k_all = insertion_values(g, LAYER, segmenter(), concept, **sampled)
+        ace, insertion = causal_effects(g, LAYER, segmenter(), concept, top, k_all,
+                                        locations=places, locations_per_sample=ACE_LOCATIONS,
+                                        **sampled)  # fmt: skip
+        assert numbers["ace"] == ace.to_dict()
+        assert not isinstance(insertion, NoInsertionSiteError)
+        assert numbers["insertion"] == insertion.to_dict()
+        assert insertion.num_candidates == 8 * ACE_LOCATIONS

@@ -3,7 +3,10 @@
 :func:`average_causal_effect` inserts the units at every (sample, location P) pair and
 :func:`insertion_effect` inserts the same units, at the same k, at the pairs where the concept was
 absent: those images are the same. :func:`causal_effects` generates and segments them once, with
-the originals, and gives both results.
+the originals, and gives both results. It may also measure, per sample, a seeded random subset of
+the locations (:func:`sampled_locations`): P is drawn uniformly and independently of z, so the
+mean over those pairs estimates the same δ and the same insertion fractions without bias, and
+groups of samples cover the locations evenly, which keeps its noise near the full grid's.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from gan_dissect_callbacks.engines.intervention.results import (
 from gan_dissect_callbacks.instrumentation import UnitEdit
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
-__all__ = ["causal_effects"]
+__all__ = ["causal_effects", "sampled_locations"]
 
 
 def causal_effects(
@@ -55,6 +58,7 @@ def causal_effects(
     num_samples: int = 64,
     batch_size: int = 32,
     seed: int = 0,
+    locations_per_sample: int | None = None,
 ) -> tuple[ACEResult, InsertionResult | NoInsertionSiteError]:
     """The region ACE of ``units`` and their insertion effect, at the same locations and k.
 
@@ -78,7 +82,12 @@ def causal_effects(
         num_random: random unit sets of the insertion's baseline (0: none).
         num_samples: latents drawn (split across processes).
         batch_size: images per forward pass.
-        seed: seed of the latents and of the random units.
+        seed: seed of the latents, of the random units and of the sampled locations.
+        locations_per_sample: m, how many of the L locations each sample is edited at: a seeded
+            uniform subset per sample, groups of samples covering the locations evenly
+            (:func:`sampled_locations`), the same whatever ``batch_size`` or the number of
+            processes. ``None`` (or m ≥ L): every location. Both estimate the same δ and
+            fractions; m < L edits about m/L of the images, for a somewhat noisier estimate.
 
     Returns:
         The :class:`ACEResult`, and the :class:`InsertionResult` or, when the concept covers every
@@ -103,6 +112,7 @@ def causal_effects(
     num_random = check_int(num_random, "num_random", minimum=0)
     num_samples = check_int(num_samples, "num_samples")
     batch_size = check_int(batch_size, "batch_size")
+    per_sample = check_int(locations_per_sample, "locations_per_sample", optional=True)
     with prepared(generator, layer, segmenter, concept, seed=seed) as s:
         index = s.units(units)
         places = s.locations(locations)
@@ -110,8 +120,9 @@ def causal_effects(
         k = every[index]
         random_units, sets = insertion_sets(s, index, k, every, num_random, seed)
         totals, sums = _effect_sums(
-            s, index, k, sets, places, float(absent_fraction), num_samples, batch_size, seed
-        )
+            s, index, k, sets, places, float(absent_fraction), num_samples, batch_size, seed,
+            per_sample,
+        )  # fmt: skip
     totals, sums = all_reduce_sum(totals), all_reduce_sum(sums)
     ace = ace_result(
         layer, concept, index, k, totals, num_samples, int(places.shape[0]),
@@ -136,11 +147,13 @@ def _effect_sums(
     num_samples: int,
     batch_size: int,
     seed: int,
+    per_sample: int | None,
 ) -> tuple[Tensor, Tensor]:
     """The ACE's ``[Σ s_c(x_i), Σ s_c(x_a), Σ s_c(x), pairs]`` and the insertion's sums.
 
     The insertion's sums (``[sets, 5]``, see ``insertion_stats``) count the first set, the units
-    themselves, from the ACE's inserted images.
+    themselves, from the ACE's inserted images. Every sum and count runs over the measured
+    (sample, P) pairs only.
     """
     device = s.device
     rank, world = dist_info()
@@ -165,16 +178,18 @@ def _effect_sums(
         num_samples, batch_size, seed=seed, rank=rank, world_size=world
     ):
         z = batch.latents
-        b = z.shape[0]
+        measured = sampled_locations(batch.indices, num_places, per_sample, seed)  # [B, L]
+        count = int(measured.sum().item())
+        on = measured.to(device)
         original = s.concept_scores(s.images(z))  # [B, S, S'], 0 or 1
         weighted = torch.einsum("bst,lst->bl", original, weights)
-        totals[2] += (weighted / weights.sum((1, 2))).sum().double().cpu()
+        totals[2] += (weighted / weights.sum((1, 2)))[on].sum().double().cpu()
         inside = torch.einsum("bst,lst->bl", original, regions.float())  # [B, L]
-        eligible = inside / region_size <= absent_fraction
-        sums[:, 4] += b * num_places
+        eligible = (inside / region_size <= absent_fraction) & on
+        sums[:, 4] += count
         sums[:, 3] += int(eligible.sum().item())
-        place_of = torch.arange(num_places).repeat_interleave(b)
-        sample_of = torch.arange(b).repeat(num_places)
+        # Location-major, as every pair of every sample was measured before subsets existed.
+        place_of, sample_of = measured.t().nonzero().unbind(1)
         for part in chunks(place_of.numel(), pairs_per_pass):
             p, i = place_of[part], sample_of[part]
             n = p.numel()
@@ -187,7 +202,7 @@ def _effect_sums(
                 ii, pp = i.to(device)[absent], p.to(device)[absent]
                 after = scores[:n][absent] > 0.5
                 sums[0, :3] += insertion_stats(after, ii, pp, inside, regions, region_size).sum(0)
-        totals[3] += b * num_places
+        totals[3] += count
         pairs = eligible.nonzero()  # [(sample, location)]
         rows = torch.arange(1, len(sets)).repeat_interleave(pairs.shape[0]).to(device)
         pair_rows = pairs.repeat(len(sets) - 1, 1)
@@ -199,3 +214,48 @@ def _effect_sums(
             stats = insertion_stats(after, i, p, inside, regions, region_size)
             sums[:, :3].index_add_(0, which.cpu(), stats)
     return totals, sums
+
+
+def sampled_locations(
+    indices: Tensor, num_locations: int, per_sample: int | None, seed: int
+) -> Tensor:
+    """``[B, L]`` bool: the locations measured for each global sample index.
+
+    Samples go in groups of ``L // per_sample`` consecutive indices; a group shares one uniformly
+    random permutation of the L locations, seeded by ``seed`` and the group alone, and its r-th
+    sample takes the r-th run of ``per_sample`` of it. Each sample's subset is thus uniform (the
+    estimate stays unbiased), while a group covers its locations evenly, as the full grid does,
+    so no location is measured by chance more than another. The subset depends on the index
+    alone: it is the same in any batch and on any process. ``None``, or at least
+    ``num_locations``, measures every location.
+
+    Example:
+        >>> subset = sampled_locations(torch.arange(8), 16, 4, seed=0)
+        >>> subset.sum(1).tolist()
+        [4, 4, 4, 4, 4, 4, 4, 4]
+        >>> subset[:4].sum(0).tolist() == [1] * 16  # one group covers every location once
+        True
+        >>> torch.equal(subset[5:], sampled_locations(torch.tensor([5, 6, 7]), 16, 4, seed=0))
+        True
+        >>> bool(sampled_locations(torch.arange(2), 16, None, seed=0).all())
+        True
+    """
+    b = int(indices.numel())
+    if per_sample is None or per_sample >= num_locations:
+        return torch.ones(b, num_locations, dtype=torch.bool)
+    per_group = num_locations // per_sample
+    measured = torch.zeros(b, num_locations, dtype=torch.bool)
+    orders: dict[int, Tensor] = {}
+    for row, i in enumerate(indices.tolist()):
+        group, r = divmod(int(i), per_group)
+        if group not in orders:
+            # A stream of its own per (seed, group): the same wherever its samples are drawn.
+            draws = torch.Generator().manual_seed(_mix(seed, group))
+            orders[group] = torch.randperm(num_locations, generator=draws)
+        measured[row, orders[group][r * per_sample : (r + 1) * per_sample]] = True
+    return measured
+
+
+def _mix(seed: int, group: int) -> int:
+    """A 63-bit seed of ``(seed, group)``, apart from the latents' stream of ``seed``."""
+    return (seed * 0x9E3779B97F4A7C15 + (group + 1) * 0xBF58476D1CE4E5B9) % (1 << 63)
