@@ -28,7 +28,7 @@ from gan_dissect_callbacks.callbacks._budget import OverheadBudget
 from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step, report_output
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import LatentSampler
-from gan_dissect_callbacks.reporting.writing import ReportOutput
+from gan_dissect_callbacks.reporting.writing import ReportOutput, RunWriters
 
 __all__ = ["ScheduledAnalysis"]
 
@@ -132,6 +132,8 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self._last_step: int | None = None
         #: The hook whose analysis is running now (``None`` between analyses).
         self._hook: Hook | None = None
+        #: Extra TensorBoard runs (one per layer, concept...), open until teardown.
+        self._runs = RunWriters()
 
     @property
     def analysis_name(self) -> str:
@@ -176,6 +178,14 @@ class ScheduledAnalysis(pl.Callback, ABC):
                 f"TensorBoard{where}. Pass `logger=TensorBoardLogger(...)` to the Trainer to see "
                 "the curves."
             )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._runs.close()  # the runs' event files and writer threads
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._runs.close()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_if_due(trainer, pl_module, "start")

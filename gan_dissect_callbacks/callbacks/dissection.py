@@ -62,7 +62,7 @@ from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
 from gan_dissect_callbacks.engines.dissection.report import DEFAULT_IQR_CUTOFF
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.dissection import log_dissection, scalar_values, summarise
-from gan_dissect_callbacks.reporting.writing import ReportOutput, RunWriters
+from gan_dissect_callbacks.reporting.writing import ReportOutput
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback"]
@@ -168,8 +168,6 @@ class DissectionCallback(ScheduledAnalysis):
         self.metric_kwargs = dict(metric_kwargs or {})
         self.last_report: DissectionReport | None = None
         self._layout_written = False
-        #: The extra TensorBoard runs (per layer, per category), open until ``teardown``.
-        self._runs = RunWriters()
 
     @property
     def state_key(self) -> str:
@@ -180,15 +178,6 @@ class DissectionCallback(ScheduledAnalysis):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # finds the generator; warns without a logger
         self.analysed_generator.check_layers(self.layers)  # an unknown name lists the valid ones
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
-        self._runs.close()  # the runs' event files and writer threads
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        self._runs.close()
 
     # ------------------------------------------------------------------ the analysis
 

@@ -92,7 +92,6 @@ from gan_dissect_callbacks.reporting.intervention import (
     log_intervention,
     report_payload,
 )
-from gan_dissect_callbacks.reporting.writing import RunWriters
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
 if TYPE_CHECKING:
@@ -264,8 +263,6 @@ class InterventionCallback(ScheduledAnalysis):
         self.dissect_samples = dissect_samples
         self.rule = rule
         self.quantile = quantile
-        #: One TensorBoard run per concept (coloured lines in one chart), open until teardown.
-        self._runs = RunWriters()
 
     @property
     def state_key(self) -> str:
@@ -292,15 +289,6 @@ class InterventionCallback(ScheduledAnalysis):
                 "dissection of another (their `generator=` differ). Give both the same "
                 "`generator=` (e.g. both 'generator_ema')."
             )
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
-        self._runs.close()  # the runs' event files and writer threads
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        self._runs.close()
 
     # ------------------------------------------------------------------ the analysis
 

@@ -42,7 +42,7 @@ from gan_dissect_callbacks.reporting.layouts import (
     layer_scalar_tags,
 )
 from gan_dissect_callbacks.reporting.tables import units_markdown
-from gan_dissect_callbacks.reporting.writing import RunWriters
+from gan_dissect_callbacks.reporting.writing import RunWriters, write_run_scalars
 
 if TYPE_CHECKING:
     from gan_dissect_callbacks.engines.dissection import DissectionReport, UnitReport
@@ -235,19 +235,9 @@ def log_dissection(
         writer.add_custom_scalars(layout)
     for tag, value in scalar_values(summary, vocabulary.categories, prefix=prefix).items():
         writer.add_scalar(tag, value, global_step=step)
-    own_runs = runs is None
-    run_writers = RunWriters() if runs is None else runs
-    try:
-        for run, scalars in run_scalars(summary, vocabulary.categories, prefix=prefix).items():
-            run_writer = run_writers.writer(writer, run)
-            if run_writer is None:
-                break  # not a SummaryWriter, or its runs cannot be opened (it warned)
-            for tag, value in scalars.items():
-                run_writer.add_scalar(tag, value, global_step=step)
-        run_writers.flush()
-    finally:
-        if own_runs:
-            run_writers.close()
+    write_run_scalars(
+        writer, run_scalars(summary, vocabulary.categories, prefix=prefix), step, runs
+    )
     galleries = unit_galleries(report)
     for name, layer in report.layers.items():
         tag = f"{prefix}/{name}"

@@ -43,7 +43,7 @@ from gan_dissect_callbacks.reporting.images import (
     text_band,
     text_width,
 )
-from gan_dissect_callbacks.reporting.writing import RunWriters
+from gan_dissect_callbacks.reporting.writing import RunWriters, write_run_scalars
 
 __all__ = [
     "REPORT_FORMAT",
@@ -257,18 +257,7 @@ def log_intervention(
             it); ``None``: opened for this call and closed at its end.
     """
     step = int(entry["step"])
-    run_writers = RunWriters() if runs is None else runs
-    try:
-        for run, scalars in concept_run_scalars(entry, name=name).items():
-            run_writer = run_writers.writer(writer, run)
-            if run_writer is None:
-                break  # not a SummaryWriter, or its runs cannot be opened (it warned)
-            for tag, value in scalars.items():
-                run_writer.add_scalar(tag, value, global_step=step)
-        run_writers.flush()
-    finally:
-        if runs is None:
-            run_writers.close()
+    write_run_scalars(writer, concept_run_scalars(entry, name=name), step, runs)
     for concept, numbers in entry["concepts"].items():
         if numbers is None:
             continue

@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ReportOutput", "RunWriters", "step_report_name", "write_atomically"]
+__all__ = [
+    "ReportOutput",
+    "RunWriters",
+    "step_report_name",
+    "write_atomically",
+    "write_run_scalars",
+]
 
 
 def write_atomically(path: str | Path, text: str) -> None:
@@ -168,3 +174,38 @@ class RunWriters:
         writers, self._writers = list(self._writers.values()), {}
         for writer in writers:
             writer.close()
+
+
+def write_run_scalars(
+    parent: Any,
+    scalars_by_run: Mapping[str, Mapping[str, float]],
+    step: int,
+    runs: RunWriters | None = None,
+) -> None:
+    """Write each run's scalars beside ``parent``'s run, at ``step``.
+
+    ``runs`` keeps the runs' writers across steps (the caller closes them); ``None`` opens them
+    for this call and closes them at its end. Nothing is written beside a ``parent`` that is
+    not a ``SummaryWriter``, or whose runs cannot be opened (:meth:`RunWriters.writer` warns).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> parent = SummaryWriter(tempfile.mkdtemp())
+        >>> write_run_scalars(parent, {"dissection/l3": {"dissection/mean_best_iou": 0.1}}, 5)
+        >>> (Path(parent.get_logdir()) / "dissection" / "l3").is_dir()
+        True
+    """
+    run_writers = RunWriters() if runs is None else runs
+    try:
+        for run, scalars in scalars_by_run.items():
+            run_writer = run_writers.writer(parent, run)
+            if run_writer is None:
+                break  # not a SummaryWriter, or its runs cannot be opened (it warned)
+            for tag, value in scalars.items():
+                run_writer.add_scalar(tag, value, global_step=step)
+        run_writers.flush()
+    finally:
+        if runs is None:
+            run_writers.close()
