@@ -36,8 +36,9 @@ VIEWS: dict[str, tuple[str, str, tuple[int, int]]] = {
         "^dissection/generator.layer3/gallery/",
         (1400, 1200),
     ),
+    # A tall table: the Images dashboard shows it at its card's width, not shrunk to a height.
     "tensorboard_unit_timeline.png": (
-        "timeseries",
+        "images",
         "generator.layer3/unit_timeline$",
         (1400, 1000),
     ),
@@ -78,9 +79,12 @@ def view_url(base: str, dashboard: str, tag_filter: str) -> str:
         'http://127.0.0.1:6006/?smoothing=0&forceSVG=true&tagFilter=gallery#timeseries'
         >>> view_url("http://127.0.0.1:6006", "custom_scalars", "")
         'http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0&_ignoreYOutliers=false'
+        >>> view_url("http://127.0.0.1:6006", "images", "timeline$")
+        'http://127.0.0.1:6006/#images&tagFilter=timeline%24&_smoothingWeight=0&_ignoreYOutliers=false'
     """
     if dashboard != "timeseries":
-        return f"{base}/#{dashboard}&_smoothingWeight=0&_ignoreYOutliers=false"
+        tags = f"&tagFilter={quote(tag_filter, safe='')}" if tag_filter else ""
+        return f"{base}/#{dashboard}{tags}&_smoothingWeight=0&_ignoreYOutliers=false"
     query = "smoothing=0&forceSVG=true" + (
         f"&tagFilter={quote(tag_filter, safe='')}" if tag_filter else ""
     )
