@@ -47,11 +47,15 @@ def test_two_processes_write_the_one_process_report_once(tmp_path, capsys):
     report = Path("dissection", "step_0000000.json")
     assert (together / report).read_text() == (alone / report).read_text()
     written = files_under(together)
-    assert [f for f in written if not f.startswith("events.")] == [
+    assert [f for f in written if not Path(f).name.startswith("events.")] == [
         "dissection/latest.json",
         str(report),
     ]
-    assert len([f for f in written if f.startswith("events.")]) == 1
+    # One event file per TensorBoard run (the main one, and one per layer and category), all
+    # written by rank 0 alone.
+    runs = [str(Path(f).parent) for f in written if Path(f).name.startswith("events.")]
+    assert sorted(runs) == sorted(set(runs))
+    assert "." in runs and "dissection/generator.layer3" in runs
     assert done.stdout.count(summary) == 1
     assert done.stdout.count("report:") == 1
     assert "dissecting 24/24 samples" in done.stderr
