@@ -52,6 +52,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from gan_dissect_callbacks.functional import _counting
 from gan_dissect_callbacks.functional.iou import iou_from_counts
 from gan_dissect_callbacks.functional.threshold import (
     _check_levels,
@@ -486,10 +487,15 @@ def _unit_concept_update(
             int(concept_pixels.sum()),
             chunks,
         )
+    compiled = device.type == "cpu" and _counting.available()
     if by_combination:
         pixel_term = inverse.to(torch.int32)
     elif concepts:
         pair_pixel, pair_concept = pixels.nonzero(as_tuple=True)
+        if compiled:  # each pixel's concepts as a run of `pair_concept`, from `starts[p]`
+            starts = torch.zeros(pixels.shape[0] + 1, dtype=torch.int64)
+            torch.cumsum(pixels.sum(dim=1), dim=0, out=starts[1:])
+            pair_concept = pair_concept.to(torch.int32)
     per_sample = height * width
     for block in range(-(-units // UNIT_BLOCK)):
         start = block * UNIT_BLOCK
@@ -498,17 +504,35 @@ def _unit_concept_update(
         table = bins.table[start:stop].reshape(-1)
         low, high, offset = bins.low[start:stop], bins.high[start:stop], bins.offset[start:stop]
         groups = combinations.shape[0] if by_combination else concepts
-        joint = _Bincount(groups * span, stop - start, device)
-        # Without concepts, pixels per grid cell; the table maps cells to bins once at the end.
-        alone = _Bincount(span if concepts else table.numel(), stop - start, device)
+        if compiled:
+            joint_counts = torch.zeros(groups * span, dtype=torch.int64)
+            alone_counts = torch.zeros(span if concepts else table.numel(), dtype=torch.int64)
+        else:
+            joint = _Bincount(groups * span, stop - start, device)
+            # Without concepts, pixels per grid cell; the table maps cells to bins at the end.
+            alone = _Bincount(span if concepts else table.numel(), stop - start, device)
         for first in range(0, batch, chunk):
             cells = upsample_unit_block(scaled[first : first + chunk], (height, width), block)
             cells = cells.permute(0, 2, 3, 1).reshape(-1, stop - start)  # a view: channels_last
+            lo, hi = first * per_sample, first * per_sample + cells.shape[0]
+            if compiled:
+                if not concepts:
+                    _counting.count_cells(cells, low, high, offset, alone_counts)
+                elif by_combination:
+                    _counting.count_combinations(
+                        cells, low, high, offset, table, pixel_term[lo:hi], span, joint_counts
+                    )
+                else:
+                    a, b = int(starts[lo]), int(starts[hi])
+                    _counting.count_pairs(
+                        cells, low, high, offset, table, starts[lo : hi + 1] - a,
+                        pair_concept[a:b], span, alone_counts, joint_counts,
+                    )  # fmt: skip
+                continue
             if not concepts:
                 _cell_indices(cells, low, high, offset, out=alone.slot(cells.shape[0]))
                 continue
             flat = _cell_indices(cells, low, high, offset)
-            lo, hi = first * per_sample, first * per_sample + cells.shape[0]
             if by_combination:
                 index = joint.slot(cells.shape[0])
                 torch.index_select(table, 0, flat, out=index.view(-1))
@@ -522,7 +546,8 @@ def _unit_concept_update(
                 rows = joint.slot(b - a)
                 torch.index_select(index, 0, pair_pixel[a:b] - lo, out=rows)
                 rows += (pair_concept[a:b].to(torch.int32) * span)[:, None]
-        joint_counts, alone_counts = joint.counts(), alone.counts()
+        if not compiled:
+            joint_counts, alone_counts = joint.counts(), alone.counts()
         unit_bins = out.unit_bins[start:stop].view(-1)
         if by_combination:
             per_combination = joint_counts.view(groups, span)

@@ -523,6 +523,7 @@ def test_counts_accumulate_in_place_into_out():
 def test_a_small_bincount_buffer_gives_the_same_counts(monkeypatch, counting):
     from gan_dissect_callbacks.functional import unit_concept
 
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "0")  # the buffer is the PyTorch path's
     acts, masks = random_dissection_data(4, 5, 34, 4, (4, 4), (8, 8), "round")
     levels = unit_concept_levels(acts, (8, 8), **SMALL)
     expected = unit_concept_update(acts, masks, levels, counting=counting)

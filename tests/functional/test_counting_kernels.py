@@ -1,0 +1,109 @@
+"""The compiled counting kernels give exactly the PyTorch path's counts, and brute force's."""
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gan_dissect_callbacks.functional import _counting, unit_concept
+from gan_dissect_callbacks.functional.threshold import counts_above, snap_levels
+from gan_dissect_callbacks.functional.unit_concept import unit_concept_levels, unit_concept_update
+from tests.metrics._reference import brute_force_counts, random_dissection_data
+
+pytest.importorskip("numba")
+
+FIELDS = [field.name for field in dataclasses.fields(unit_concept.UnitConceptCounts)]
+
+
+def _both_paths(monkeypatch, call):
+    """``call()`` with the compiled kernels, then with the PyTorch path."""
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
+    assert _counting.available()
+    compiled = call()
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "0")
+    assert not _counting.available()
+    return compiled, call()
+
+
+def _assert_equal_counts(a, b):
+    for name in FIELDS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 5),
+    units=st.sampled_from([1, 3, 32, 33, 70]),
+    concepts=st.sampled_from([0, 1, 4, 70]),
+    counting=st.sampled_from(["combinations", "pairs", "auto"]),
+    ties=st.sampled_from(["none", "relu", "round"]),
+)
+def test_kernels_equal_the_pytorch_path_and_brute_force(
+    seed, batch, units, concepts, counting, ties
+):
+    acts, masks = random_dissection_data(seed, batch, units, concepts, (3, 4), (7, 9), ties)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        levels, torch_levels = _both_paths(
+            monkeypatch, lambda: unit_concept_levels(acts, (7, 9), num_levels=6, num_dense_levels=4)
+        )
+        assert torch.equal(levels, torch_levels)
+        bins = unit_concept._level_bins(levels)
+        compiled, reference = _both_paths(
+            monkeypatch, lambda: unit_concept._unit_concept_update(acts, masks, bins, counting)
+        )
+    _assert_equal_counts(compiled, reference)
+    some = masks if concepts else torch.zeros((batch, 1, 7, 9), dtype=torch.bool)
+    brute = brute_force_counts(acts, some, levels)
+    assert torch.equal(counts_above(compiled.unit_bins, dim=1), brute["unit_above"])
+    if concepts:
+        assert torch.equal(counts_above(compiled.joint_bins, dim=1), brute["joint_above"])
+
+
+def test_values_on_and_next_to_levels_are_binned_exactly_by_the_kernels(monkeypatch):
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
+    g = torch.Generator().manual_seed(0)
+    levels = snap_levels(torch.randn(3, 40, generator=g).sort(dim=1).values * 7)
+    levels[1] = snap_levels(torch.linspace(1000.0, 1000.01, 40)[None])  # tiny range far from 0
+    picks = torch.randint(0, 40, (3, 6, 6), generator=g)
+    on = levels.gather(1, picks.view(3, -1)).view(3, 6, 6)
+    far = torch.tensor([-1e30, 1e30])
+    values = torch.stack([on, torch.nextafter(on, far[0]), torch.nextafter(on, far[1])])
+    values[0, 0, 0, 0], values[0, 0, 0, 1] = far  # far outside the grid: clamped, not wrapped
+    masks = torch.rand(3, 2, 6, 6, generator=g) > 0.5
+    brute = brute_force_counts(values, masks, levels)
+    for counting in ("combinations", "pairs"):
+        counts = unit_concept_update(values, masks, levels, counting=counting)
+        assert torch.equal(counts_above(counts.unit_bins, dim=1), brute["unit_above"])
+        assert torch.equal(counts_above(counts.joint_bins, dim=1), brute["joint_above"])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_splitting_units_over_threads_changes_no_count(monkeypatch, threads):
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
+    acts, masks = random_dissection_data(7, 4, 70, 5, (4, 4), (8, 8), "round")
+    levels = unit_concept_levels(acts, (8, 8), num_levels=8, num_dense_levels=5)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = unit_concept_update(acts, masks, levels)
+        torch.set_num_threads(threads)
+        _assert_equal_counts(unit_concept_update(acts, masks, levels), expected)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_forked_process_gets_a_pool_of_its_own(monkeypatch):
+    pool = _counting._executor(2)
+    assert _counting._executor(2) is pool
+    monkeypatch.setattr(_counting.os, "getpid", lambda: -1)  # as if this were a forked child
+    assert _counting._executor(2) is not pool
+
+
+def test_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "0")
+    assert not _counting.available()
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
+    assert _counting.available()
