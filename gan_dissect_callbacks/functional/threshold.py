@@ -36,6 +36,7 @@ from torch import Tensor
 
 from gan_dissect_callbacks.arguments import check_fraction, check_int
 from gan_dissect_callbacks.functional.iqr import information_quality_ratio_from_counts
+from gan_dissect_callbacks.functional.swd import sort_rows
 
 __all__ = [
     "DEFAULT_GRID_CELLS",
@@ -105,8 +106,8 @@ def quantile_levels(values: Tensor, quantiles: Tensor) -> Tensor:
     """Per-row quantiles with linear interpolation (the ``torch.quantile`` default).
 
     Unlike ``torch.quantile`` this has no input size limit and sorts each row once for all
-    requested quantiles. float32 and float64 rows on the CPU are sorted as integers of the same
-    bits (about 1.5× faster than a float sort), which orders them exactly as a float sort does.
+    requested quantiles, with :func:`~gan_dissect_callbacks.functional.swd.sort_rows` (on the CPU
+    NumPy's vectorised sort: the same values as ``torch.sort``, about 3× faster).
 
     Args:
         values: ``[U, N]`` float tensor, one row per unit, ``N >= 1``.
@@ -140,30 +141,10 @@ def quantile_levels(values: Tensor, quantiles: Tensor) -> Tensor:
     out = torch.empty((values.shape[0], q.numel()), dtype=values.dtype, device=values.device)
     rows = max(1, 2**20 // values.shape[1])  # sort a block of rows at a time: bounded memory
     for start in range(0, values.shape[0], rows):
-        ordered = _sorted_rows(values[start : start + rows])
+        ordered = sort_rows(values[start : start + rows])
         low, high = ordered[:, below].double(), ordered[:, above].double()
         out[start : start + rows] = torch.lerp(low, high, weight.expand_as(low))
     return out
-
-
-# Integer views whose order is the float order: sorting them is faster than sorting floats.
-_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
-
-
-def _sorted_rows(values: Tensor) -> Tensor:
-    """``values.sort(dim=1).values``, bit for bit, sorted as integers where that is faster."""
-    key_dtype = _SAME_WIDTH_INT.get(values.dtype)
-    if key_dtype is None or values.device.type != "cpu":
-        return values.sort(dim=1).values
-    bits = values.contiguous().view(key_dtype)
-    # IEEE floats order as sign-magnitude integers; flipping a negative's magnitude bits makes
-    # that two's-complement order, and the same flip undoes itself after the sort.
-    magnitude = torch.iinfo(key_dtype).max
-    keys = bits ^ ((bits >> (bits.element_size() * 8 - 1)) & magnitude)
-    ordered = keys.sort(dim=1).values
-    return (ordered ^ ((ordered >> (ordered.element_size() * 8 - 1)) & magnitude)).view(
-        values.dtype
-    )
 
 
 def snap_levels(levels: Tensor, num_cells: int = DEFAULT_GRID_CELLS) -> Tensor:
