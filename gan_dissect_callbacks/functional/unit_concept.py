@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -257,7 +258,26 @@ def _level_bins(levels: Tensor) -> _LevelBins:
 
 def _label_combinations(pixels: Tensor) -> tuple[Tensor, Tensor]:
     """Distinct rows of a ``[N, C]`` bool matrix: ``(inverse [N] int64, combinations [K, C])``."""
+    codes = _code_words(pixels)
+    # Many concepts: one int64 hash per pixel instead of a far slower row-wise unique.
+    key = codes[:, 0] if codes.shape[1] == 1 else _hash_rows(codes)
+    inverse = torch.unique(key, return_inverse=True)[1]
+    first = _first_rows(inverse)
+    if codes.shape[1] > 1 and not bool((codes[first][inverse] == codes).all()):  # a collision
+        inverse = torch.unique(codes, dim=0, return_inverse=True)[1]
+        first = _first_rows(inverse)
+    return inverse, pixels[first]
+
+
+def _code_words(pixels: Tensor) -> Tensor:
+    """``[N, words]`` int64 words whose bits are the rows of a ``[N, C]`` bool matrix."""
     num_concepts = pixels.shape[1]
+    if pixels.device.type == "cpu":  # NumPy packs 8 bits a byte in one pass
+        packed = np.packbits(pixels.numpy(), axis=1)
+        words = max(1, -(-packed.shape[1] // 8))
+        padded = np.zeros((pixels.shape[0], words * 8), dtype=np.uint8)
+        padded[:, : packed.shape[1]] = packed
+        return torch.from_numpy(padded.view(np.int64))
     words = max(1, -(-num_concepts // _BITS_PER_WORD))
     shifts = torch.arange(_BITS_PER_WORD, device=pixels.device)
     codes = torch.zeros((pixels.shape[0], words), dtype=torch.int64, device=pixels.device)
@@ -269,14 +289,7 @@ def _label_combinations(pixels: Tensor) -> tuple[Tensor, Tensor]:
             codes[row : row + _CODE_ROWS, word] = (bits.long() << shifts[: bits.shape[1]]).sum(
                 dim=1
             )
-    # Many concepts: one int64 hash per pixel instead of a far slower row-wise unique.
-    key = codes[:, 0] if words == 1 else _hash_rows(codes)
-    inverse = torch.unique(key, return_inverse=True)[1]
-    first = _first_rows(inverse)
-    if words > 1 and not bool((codes[first][inverse] == codes).all()):  # a hash collision
-        inverse = torch.unique(codes, dim=0, return_inverse=True)[1]
-        first = _first_rows(inverse)
-    return inverse, pixels[first]
+    return codes
 
 
 # The splitmix64 finaliser (a bijection of 64-bit words), as signed int64 constants.
@@ -471,13 +484,17 @@ def _unit_concept_update(
             "Expected `activations` within float32 range of the levels' grid, but some overflow."
         )
     pixels = masks.permute(0, 2, 3, 1).reshape(batch * height * width, concepts)
-    concept_pixels = pixels.sum(dim=0)
     chunk = max(1, _CHUNK_VALUES // (height * width * UNIT_BLOCK))
     chunks = -(-batch // chunk)
     if concepts == 0:
         by_combination = False
+        concept_pixels = torch.zeros(0, dtype=torch.int64, device=device)
     else:
         inverse, combinations = _label_combinations(pixels)
+        # Pixels per concept from pixels per combination: exact, and far cheaper than a column
+        # sum of the [N, C] bool matrix.
+        combination_pixels = torch.bincount(inverse, minlength=combinations.shape[0])
+        concept_pixels = (combinations.long() * combination_pixels[:, None]).sum(dim=0)
         by_combination = _pick_counting(
             counting,
             combinations.shape[0],
@@ -494,7 +511,7 @@ def _unit_concept_update(
         pair_pixel, pair_concept = pixels.nonzero(as_tuple=True)
         if compiled:  # each pixel's concepts as a run of `pair_concept`, from `starts[p]`
             starts = torch.zeros(pixels.shape[0] + 1, dtype=torch.int64)
-            torch.cumsum(pixels.sum(dim=1), dim=0, out=starts[1:])
+            torch.cumsum(combinations.sum(dim=1)[inverse], dim=0, out=starts[1:])
             pair_concept = pair_concept.to(torch.int32)
     per_sample = height * width
     for block in range(-(-units // UNIT_BLOCK)):
