@@ -1,5 +1,8 @@
 """Compiled CPU kernels for the dissection's counting loop (optional: they need numba).
 
+Also the IQR rule's search over levels (:func:`best_iqr`): one pass over the ``[U, L, C]``
+counts with four logarithms per 2×2 table and no float64 temporaries of that size.
+
 The PyTorch path of :func:`~gan_dissect_callbacks.functional.unit_concept.unit_concept_update`
 makes four passes over every upsampled value (grid cell, table lookup, the combination's offset,
 ``bincount``), writes an index per value to memory, and its ``bincount`` runs on one thread.
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["available", "count_cells", "count_combinations", "count_pairs"]
+__all__ = ["available", "best_iqr", "count_cells", "count_combinations", "count_pairs"]
 
 
 @functools.cache
@@ -117,6 +120,36 @@ def _cells_kernel(
                     counts[previous] += run
                     previous, run = cell, 1
             counts[previous] += run
+
+
+def _iqr_kernel(
+    joint: Any, mask: Any, concept: Any, total: float, index: Any, best: Any, first: int, last: int
+) -> None:  # fmt: skip
+    # The formula of functional/iqr.py::_iqr, table by table; ties go to the lowest level.
+    def plogp(count: float) -> float:
+        p = count / total
+        return p * np.log(p) if p > 0.0 else 0.0
+
+    levels, concepts = joint.shape[1], joint.shape[2]
+    h_concept = np.empty(concepts)
+    for c in range(concepts):
+        h_concept[c] = -(plogp(concept[c]) + plogp(total - concept[c]))
+    for u in range(first, last):
+        for c in range(concepts):
+            index[u, c], best[u, c] = 0, -1.0
+        for level in range(levels):
+            m = float(mask[u, level])
+            h_mask = -(plogp(m) + plogp(total - m))
+            for c in range(concepts):
+                j, k = float(joint[u, level, c]), float(concept[c])
+                h_joint = -(
+                    plogp(j) + plogp(m - j) + plogp(k - j) + plogp(total - m - k + j)
+                )  # fmt: skip
+                ratio = 0.0
+                if h_joint > 0.0:
+                    ratio = min(1.0, max(0.0, h_mask + h_concept[c] - h_joint) / h_joint)
+                if ratio > best[u, c]:
+                    index[u, c], best[u, c] = level, ratio
 
 
 _compiled: dict[str, Callable[..., None]] = {}
@@ -222,3 +255,30 @@ def count_cells(values: Tensor, low: Tensor, high: Tensor, offset: Tensor, count
     """Add one count per value at its (unit, grid cell) index into ``counts`` (int64)."""
     kernel = _kernel("cells", _cells_kernel)
     _run(kernel, values.shape[1], values.numpy(), *_grid(low, high, offset), counts.numpy())
+
+
+def best_iqr(
+    joint_above: Tensor, unit_above: Tensor, concept_counts: Tensor, total: int
+) -> tuple[Tensor, Tensor]:
+    """For each unit and concept, the level with the largest IQR, and that IQR.
+
+    Args:
+        joint_above: ``[U, L, C]`` int64 pixels above each level where the concept is present.
+        unit_above: ``[U, L]`` int64 pixels above each level.
+        concept_counts: ``[C]`` int64 pixels of each concept.
+        total: all pixels counted.
+
+    Returns:
+        ``(index [U, C] int64, iqr [U, C] float64)``, as
+        :func:`~gan_dissect_callbacks.functional.threshold.iqr_rule`.
+    """
+    units, _, concepts = joint_above.shape
+    index = torch.zeros((units, concepts), dtype=torch.int64)
+    best = torch.zeros((units, concepts), dtype=torch.float64)
+    if units and concepts and joint_above.shape[1]:
+        _run(
+            _kernel("iqr", _iqr_kernel), units, joint_above.contiguous().numpy(),
+            unit_above.contiguous().numpy(), concept_counts.contiguous().numpy(), float(total),
+            index.numpy(), best.numpy(),
+        )  # fmt: skip
+    return index, best

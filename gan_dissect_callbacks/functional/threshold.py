@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.arguments import check_fraction, check_int
+from gan_dissect_callbacks.functional import _counting
 from gan_dissect_callbacks.functional.iqr import information_quality_ratio_from_counts
 from gan_dissect_callbacks.functional.swd import sort_rows
 
@@ -328,6 +329,10 @@ def iqr_rule(
             f"but got {list(concept_counts.shape)}."
         )
     units, levels, concepts = joint_above.shape
+    if joint_above.device.type == "cpu" and _counting.available():
+        return _counting.best_iqr(
+            joint_above.long(), unit_above.long(), concept_counts.long(), int(num_pixels)
+        )
     total = torch.as_tensor(num_pixels, dtype=torch.float64, device=joint_above.device)
     step = max(1, max_tables // max(1, levels * concepts))
     indices, ratios = [], []

@@ -107,3 +107,24 @@ def test_kernels_can_be_switched_off(monkeypatch):
     assert not _counting.available()
     monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
     assert _counting.available()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_compiled_iqr_search_equals_the_pytorch_one(monkeypatch, seed):
+    from gan_dissect_callbacks.functional.threshold import iqr_rule
+
+    g = torch.Generator().manual_seed(seed)
+    units, levels, concepts, total = 5, 40, 7, 1000
+    unit_above = torch.randint(0, total, (units, levels), generator=g).sort(1, True).values
+    concept = torch.randint(0, total // 2, (concepts,), generator=g)
+    concept[0] = 0  # an absent concept: every IQR is 0
+    m, c = unit_above[:, :, None], concept[None, None, :]
+    joint = (torch.minimum(m, c) * torch.rand(units, levels, concepts, generator=g)).long()
+    joint = torch.maximum(joint, m + c - total)
+    joint[:, ::5] = torch.minimum(m, c)[:, ::5].expand(-1, -1, concepts)  # perfect tables, ties
+    compiled, reference = _both_paths(
+        monkeypatch, lambda: iqr_rule(joint, unit_above, concept, total)
+    )
+    assert torch.equal(compiled[0], reference[0])
+    torch.testing.assert_close(compiled[1], reference[1], rtol=0, atol=1e-15)
+    assert bool((compiled[1][:, 0] == 0).all())
