@@ -21,13 +21,13 @@ the callback's ``name``, ``"intervention"`` by default):
 * a JSON report ``{log_dir}/{name}/step_XXXXXXX.json`` (and ``latest.json``); each
   removal curve there holds its values at its ``points``.
 
-**Cost**: the measures share their images. Every concept's removal curve is measured on one
-stream of samples (:func:`~gan_dissect_callbacks.engines.intervention.removal_curves`): the
-originals and the random baseline, which does not depend on the concept, are generated and
-segmented once, and only the unit counts that are logged are ablated. The ACE and the insertion
-of a concept share their inserted images
-(:func:`~gan_dissect_callbacks.engines.intervention.causal_effects`), and each sample is edited
-at ``ace_locations`` of the patches, a seeded uniform subset that estimates the same ACE. The
+**Cost**: the measures share their images. Every measure of every concept runs on one stream
+of samples (:func:`~gan_dissect_callbacks.engines.intervention.concept_effects`): the originals
+are generated and segmented once for the removal curves, the insertion values k, the ACE and
+the insertion of all concepts; the random removal baseline, which does not depend on the
+concept, is ablated once; only the unit counts that are logged are ablated; the ACE and the
+insertion of a concept share their inserted images, and each sample is edited at
+``ace_locations`` of the patches, a seeded uniform subset that estimates the same ACE. The
 numbers are those of the engine functions called one by one.
 
 The views are drawn by :mod:`~gan_dissect_callbacks.reporting.intervention`.
@@ -74,17 +74,15 @@ from gan_dissect_callbacks.engines.dissection import dissect
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.intervention import (
     ConceptAbsentError,
+    ConceptEffects,
     NoInsertionSiteError,
-    RemovalCurve,
-    causal_effects,
-    insertion_values,
+    concept_effects,
     intervention_images,
     iou_ranking,
     iou_scores,
     optimize_alpha,
     patch_locations,
     removal_curve,
-    removal_curves,
 )
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.intervention import (
@@ -296,17 +294,22 @@ class InterventionCallback(ScheduledAnalysis):
         """Analyse at ``step`` (batches done so far); logs on rank 0. All ranks must call it."""
         report, source = self._ranking_report(trainer, pl_module, step)
         rankings = {c: iou_ranking(report, self.layer, c) for c in self._drawn(report)}
-        # One stream of samples for every concept's removal curve: the originals and the random
-        # baseline are shared, and only the logged unit counts are ablated.
-        curves = (
-            removal_curves(
+        places, _ = self._patches()
+        # One stream of samples for every measure of every concept: the originals are generated
+        # and segmented once, the random removal baseline is shared, and only the logged unit
+        # counts are ablated.
+        effects = (
+            concept_effects(
                 self.analysed_generator,
                 self.layer,
                 self.segmenter,
                 rankings,
+                locations=places,
+                top_n=self.top_n,
                 max_units=self.max_ablated_units,
                 num_random=self.num_random,
                 points=self.log_points,
+                locations_per_sample=self.ace_locations,
                 **self._sampled(),
             )
             if rankings
@@ -316,13 +319,13 @@ class InterventionCallback(ScheduledAnalysis):
         images: dict[str, dict[str, Tensor]] = {}
         for concept in self.concepts:
             concepts[concept], shots = None, None
-            curve = curves.get(concept)
+            measured = effects.get(concept)
             try:
-                if isinstance(curve, ConceptAbsentError):
-                    raise curve
-                if curve is not None:
+                if isinstance(measured, ConceptAbsentError):
+                    raise measured
+                if measured is not None:
                     concepts[concept], shots = self._analyse_concept(
-                        report, concept, rankings[concept], curve
+                        report, concept, rankings[concept], measured
                     )
             except ConceptAbsentError as err:  # the generator does not draw it (yet)
                 if self.raise_on_error:
@@ -386,28 +389,27 @@ class InterventionCallback(ScheduledAnalysis):
         return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed}
 
     def _analyse_concept(
-        self, report: DissectionReport, concept: str, ranking: list[int], curve: RemovalCurve
+        self,
+        report: DissectionReport,
+        concept: str,
+        ranking: list[int],
+        measured: ConceptEffects,
     ) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
-        """Every measure for one concept beside its removal ``curve``, and its pictures."""
+        """The measures of one concept as logged (with α if asked), and its pictures."""
         g, layer, seg = self.analysed_generator, self.layer, self.segmenter
         sampled = self._sampled()
         top = ranking[: self.top_n]
         places, centre = self._patches()
-        k_all = insertion_values(g, layer, seg, concept, **sampled)
-        # The ACE's inserted images are the insertion's: one pass measures both.
-        ace, inserted = causal_effects(
-            g, layer, seg, concept, top, k_all, locations=places,
-            locations_per_sample=self.ace_locations, **sampled,
-        )  # fmt: skip
+        k_all = measured.values
         insertion: dict[str, Any] | None = None
-        if isinstance(inserted, NoInsertionSiteError):
-            rank_zero_warn(f"InterventionCallback: insertion skipped: {inserted}")
+        if isinstance(measured.insertion, NoInsertionSiteError):
+            rank_zero_warn(f"InterventionCallback: insertion skipped: {measured.insertion}")
         else:
-            insertion = inserted.to_dict()
+            insertion = measured.insertion.to_dict()
         result: dict[str, Any] = {
             "ranking": ranking[: self.max_ablated_units],
-            "removal": curve.to_dict(),
-            "ace": ace.to_dict(),
+            "removal": measured.removal.to_dict(),
+            "ace": measured.ace.to_dict(),
             "insertion": insertion,
         }
         if self.alpha_steps:

@@ -15,6 +15,8 @@ featuremap pixels P:
   against n random units; :func:`removal_curves` measures several concepts on shared images;
 - **insertion** where the concept is absent (:func:`insertion_effect`): the pixels gained
   (:func:`causal_effects` measures it with the ACE, on the images they share);
+- every measure of several concepts at once (:func:`concept_effects`): each unedited sample
+  generated and segmented once for the removal curves, k, the ACE and the insertion;
 - the **continuous intervention** (:func:`optimize_alpha`):
   ``α* = argmin_α −δ_α + λ‖α‖₂`` through a soft segmenter, which ranks the units by α.
 
@@ -71,7 +73,7 @@ Example:
 from gan_dissect_callbacks.arguments import Measure, ValueRule
 from gan_dissect_callbacks.engines.intervention.ace import average_causal_effect
 from gan_dissect_callbacks.engines.intervention.alpha import optimize_alpha
-from gan_dissect_callbacks.engines.intervention.effects import causal_effects
+from gan_dissect_callbacks.engines.intervention.effects import causal_effects, concept_effects
 from gan_dissect_callbacks.engines.intervention.images import intervention_images
 from gan_dissect_callbacks.engines.intervention.insertion import insertion_effect
 from gan_dissect_callbacks.engines.intervention.ranking import (
@@ -85,6 +87,7 @@ from gan_dissect_callbacks.engines.intervention.results import (
     AlphaResult,
     AlphaStep,
     ConceptAbsentError,
+    ConceptEffects,
     InsertionResult,
     NoInsertionSiteError,
     RemovalCurve,
@@ -99,6 +102,7 @@ __all__ = [
     "AlphaResult",
     "AlphaStep",
     "ConceptAbsentError",
+    "ConceptEffects",
     "InsertionResult",
     "Measure",
     "NoInsertionSiteError",
@@ -106,6 +110,7 @@ __all__ = [
     "ValueRule",
     "average_causal_effect",
     "causal_effects",
+    "concept_effects",
     "concept_weighted_mean",
     "insertion_effect",
     "insertion_values",

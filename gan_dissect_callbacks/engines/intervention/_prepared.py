@@ -23,11 +23,13 @@ from gan_dissect_callbacks.engines.generator import (
     GeneratorLike,
     featuremap_shape,
 )
+from gan_dissect_callbacks.engines.sampling import SampleBatch
 from gan_dissect_callbacks.instrumentation import UnitEdit
 from gan_dissect_callbacks.segmenters.base import Segmenter, check_images, checked_segment
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
 __all__ = [
+    "Originals",
     "PreparedAnalysis",
     "check_locations",
     "check_values",
@@ -90,6 +92,60 @@ class PreparedAnalysis:
     def locations(self, locations: Tensor | None) -> Tensor:
         """``locations`` checked against the featuremap (see :func:`check_locations`)."""
         return check_locations(locations, self.featuremap_size)
+
+
+class Originals:
+    """The unedited samples of an analysis: each one generated and segmented once for every measure.
+
+    :meth:`of` gives a batch's segmentation (every concept, as the segmenter returns it) and the
+    layer's featuremap. A round whose samples all fit one batch (``num_samples ≤ batch_size``)
+    holds them after their first request, so every later measure and concept reads the same
+    tensors; a larger round generates each batch again per request, so memory stays that of
+    one batch.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
+        >>> from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+        >>> net = nn.Sequential(nn.Unflatten(1, (3, 2, 2)), nn.Tanh())
+        >>> net.latent_dim = 12
+        >>> seg = GroundTruthSegmenter(ConceptVocabulary.from_pairs([("lit", "color")]),
+        ...                            lambda x: x[:, :1] > 0)
+        >>> with prepared(net, "0", seg, "lit", seed=0) as s:
+        ...     originals = Originals(s, num_samples=4, batch_size=4)
+        ...     batch = next(iter(s.generator.samples(4, 4, seed=0)))
+        ...     first, _ = originals.of(batch)
+        ...     again, _ = originals.of(batch)
+        >>> first is again, tuple(first.shape)
+        (True, (4, 1, 2, 2))
+    """
+
+    def __init__(self, s: PreparedAnalysis, *, num_samples: int, batch_size: int) -> None:
+        self._s = s
+        self._batch_size = batch_size
+        self._hold = num_samples <= batch_size
+        self._held: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def of(self, batch: SampleBatch) -> tuple[Tensor, Tensor]:
+        """``(segmentation [B, C, S, S'], featuremap [B, U, h, w])`` of ``batch``'s samples."""
+        start = int(batch.indices[0]) // self._batch_size * self._batch_size
+        held = self._held.get(start)
+        if held is not None:
+            indices, segmentation, featuremap = held
+            if torch.equal(indices, batch.indices):
+                return segmentation, featuremap
+            # A process's share of a batch held whole (see `iterate_samples`).
+            rows = batch.indices - start
+            if bool((rows < indices.numel()).all()) and torch.equal(indices[rows], batch.indices):
+                on = rows.to(segmentation.device)
+                return segmentation[on], featuremap[on.to(featuremap.device)]
+        images, acts = self._s.generator.run(batch.latents, capture=[self._s.layer])
+        segmentation = checked_segment(self._s.segmenter, images)
+        featuremap = acts[self._s.layer]
+        if self._hold:
+            self._held[start] = (batch.indices, segmentation, featuremap)
+        return segmentation, featuremap
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The ACE and the insertion effect of one set of units, measured on shared images.
+"""The ACE and the insertion effect of one set of units, and every measure of several concepts.
 
 :func:`average_causal_effect` inserts the units at every (sample, location P) pair and
 :func:`insertion_effect` inserts the same units, at the same k, at the pairs where the concept was
@@ -7,11 +7,15 @@ the originals, and gives both results. It may also measure, per sample, a seeded
 the locations (:func:`sampled_locations`): P is drawn uniformly and independently of z, so the
 mean over those pairs estimates the same δ and the same insertion fractions without bias, and
 groups of samples cover the locations evenly, which keeps its noise near the full grid's.
-"""
+
+:func:`concept_effects` serves the callback: the removal curves, the insertion values k, the ACE
+and the insertion of several concepts from one generation and segmentation of the unedited
+samples (:class:`~._prepared.Originals`), with the numbers of the functions called one by one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -20,6 +24,7 @@ from gan_dissect_callbacks.arguments import check_fraction, check_int
 from gan_dissect_callbacks.engines.distributed import all_reduce_sum, dist_info
 from gan_dissect_callbacks.engines.generator import GeneratorLike
 from gan_dissect_callbacks.engines.intervention._prepared import (
+    Originals,
     PreparedAnalysis,
     check_values,
     chunks,
@@ -33,15 +38,25 @@ from gan_dissect_callbacks.engines.intervention.insertion import (
     insertion_sets,
     insertion_stats,
 )
+from gan_dissect_callbacks.engines.intervention.removal import (
+    check_points,
+    removal_counts,
+    removal_plan,
+    removal_results,
+)
 from gan_dissect_callbacks.engines.intervention.results import (
     ACEResult,
+    ConceptAbsentError,
+    ConceptEffects,
     InsertionResult,
     NoInsertionSiteError,
+    absent_error,
 )
+from gan_dissect_callbacks.engines.intervention.values import concept_mean_values
 from gan_dissect_callbacks.instrumentation import UnitEdit
 from gan_dissect_callbacks.segmenters.base import Segmenter
 
-__all__ = ["causal_effects", "sampled_locations"]
+__all__ = ["causal_effects", "concept_effects", "sampled_locations"]
 
 
 def causal_effects(
@@ -119,9 +134,10 @@ def causal_effects(
         every = check_values(values, s.num_units, "values")
         k = every[index]
         random_units, sets = insertion_sets(s, index, k, every, num_random, seed)
+        originals = Originals(s, num_samples=num_samples, batch_size=batch_size)
         totals, sums = _effect_sums(
             s, index, k, sets, places, float(absent_fraction), num_samples, batch_size, seed,
-            per_sample,
+            per_sample, originals,
         )  # fmt: skip
     totals, sums = all_reduce_sum(totals), all_reduce_sum(sums)
     ace = ace_result(
@@ -137,6 +153,141 @@ def causal_effects(
     return ace, insertion
 
 
+def concept_effects(
+    generator: GeneratorLike,
+    layer: str,
+    segmenter: Segmenter,
+    rankings: Mapping[str, Sequence[int] | Tensor],
+    *,
+    locations: Tensor,
+    top_n: int = 4,
+    max_units: int = 20,
+    num_random: int = 3,
+    points: Sequence[int] | None = None,
+    absent_fraction: float = 0.0,
+    insertion_random: int = 1,
+    locations_per_sample: int | None = None,
+    num_samples: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, ConceptEffects | ConceptAbsentError]:
+    """Every measure of several concepts, each by its own ranking, on the images they share.
+
+    Per concept, the numbers are those of the functions called one by one:
+    ``removal_curves(..., rankings, max_units=max_units, num_random=num_random, points=points)``,
+    ``k = insertion_values(..., concept)`` and ``causal_effects(..., concept,
+    ranking[:top_n], k, locations=locations, num_random=insertion_random,
+    locations_per_sample=locations_per_sample)``, on the same seeded samples. The unedited
+    samples are generated and segmented once for all of them (held in memory when they fit one
+    batch, see :class:`~._prepared.Originals`), and the random removal orders are shared by
+    every concept; only the edited images are each concept's own.
+
+    Args:
+        generator: the generator under analysis.
+        layer: dotted name of a layer with ``[B, U, h, w]`` output.
+        segmenter: gives the concept masks of generated images.
+        rankings: per concept (a name of the segmenter's vocabulary), its units, best first.
+        locations: the pixels P of the ACE and the insertion, ``[h, w]`` or ``[L, h, w]``.
+        top_n: how many of a ranking's first units the ACE and the insertion edit.
+        max_units: N, the most units ablated for a removal curve.
+        num_random: random orders of the removal curves' baseline (0: none).
+        points: the unit counts n of the removal curves (see :func:`removal_curves`).
+        absent_fraction: the largest share of the concept a region may hold to count as absent.
+        insertion_random: random unit sets of the insertion's baseline (0: none).
+        locations_per_sample: m, the locations each sample is edited at for the ACE and the
+            insertion (see :func:`causal_effects`); ``None``: every location.
+        num_samples: latents drawn (split across processes; the k on every process).
+        batch_size: images per forward pass.
+        seed: seed of the latents, of the random units and of the sampled locations.
+
+    Returns:
+        Per concept, in the order of ``rankings``, its :class:`ConceptEffects`, or the
+        :class:`ConceptAbsentError` of a concept absent from every sample.
+
+    Raises:
+        ValueError: no concept, unknown layer or concept, ranked units out of range or
+            repeated, bad points, locations or sizes.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gan_dissect_callbacks.segmenters.base import GroundTruthSegmenter
+        >>> from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+        >>> net = nn.Sequential(nn.Unflatten(1, (3, 2, 2)), nn.Tanh())  # unit c paints channel c
+        >>> net.latent_dim = 12
+        >>> vocab = ConceptVocabulary.from_pairs([("red", "color"), ("green", "color")])
+        >>> seg = GroundTruthSegmenter(vocab, lambda x: x[:, :2] > 0)
+        >>> corner = torch.tensor([[True, False], [False, False]])
+        >>> effects = concept_effects(net, "0", seg, {"red": [0, 1], "green": [1, 0]},
+        ...                           locations=corner, top_n=1, num_random=0,
+        ...                           insertion_random=0, num_samples=8)
+        >>> effects["red"].removal.removed, effects["green"].ace.ace
+        ([1.0, 1.0], 1.0)
+    """
+    top_n = check_int(top_n, "top_n")
+    max_units = check_int(max_units, "max_units")
+    num_random = check_int(num_random, "num_random", minimum=0)
+    absent_fraction = check_fraction(absent_fraction, "absent_fraction", closed_low=True)
+    insertion_random = check_int(insertion_random, "insertion_random", minimum=0)
+    per_sample = check_int(locations_per_sample, "locations_per_sample", optional=True)
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
+    wanted = check_points(points)
+    if not rankings:
+        raise ValueError("Expected argument `rankings` to name at least one concept, but got none.")
+    concepts = list(rankings)
+    measured: dict[str, tuple[Tensor, Tensor, Tensor, list[Tensor], Tensor, Tensor]] = {}
+    with prepared(generator, layer, segmenter, concepts[0], seed=seed) as s:
+        places = s.locations(locations)
+        plan = removal_plan(s, rankings, max_units, num_random, wanted, seed)
+        tops = {c: s.units(rankings[c], "ranking")[:top_n] for c in concepts}
+        originals = Originals(s, num_samples=num_samples, batch_size=batch_size)
+        values = concept_mean_values(s, plan.channels, originals, num_samples, batch_size, seed)
+        counts = removal_counts(s, plan, originals, num_samples, batch_size, seed)
+        for concept, channel, k_every in zip(concepts, plan.channels, values, strict=True):
+            if k_every is None:  # absent from every sample, on every process alike
+                continue
+            c = replace(s, concept=concept, concept_index=channel)
+            every = k_every.double()
+            index = tops[concept]
+            k = every[index]
+            random_units, sets = insertion_sets(c, index, k, every, insertion_random, seed)
+            totals, sums = _effect_sums(
+                c, index, k, sets, places, float(absent_fraction), num_samples, batch_size,
+                seed, per_sample, originals,
+            )  # fmt: skip
+            measured[concept] = (k_every, index, k, random_units, totals, sums)
+    curves = removal_results(layer, plan, all_reduce_sum(counts), num_samples, seed)
+    results: dict[str, ConceptEffects | ConceptAbsentError] = {}
+    for concept in concepts:
+        curve = curves[concept]
+        if isinstance(curve, ConceptAbsentError) or concept not in measured:
+            # Both are decided alike on every process: no process enters a sum the others skip.
+            results[concept] = (
+                curve
+                if isinstance(curve, ConceptAbsentError)
+                else absent_error(concept, num_samples, "its concept-weighted insertion value")
+            )
+            if concept in measured:
+                all_reduce_sum(measured[concept][4])
+                all_reduce_sum(measured[concept][5])
+            continue
+        k_every, index, k, random_units, totals, sums = measured[concept]
+        totals, sums = all_reduce_sum(totals), all_reduce_sum(sums)
+        ace = ace_result(
+            layer, concept, index, k, totals, num_samples, int(places.shape[0]),
+            measure="region", soft=False,
+        )  # fmt: skip
+        try:
+            insertion: InsertionResult | NoInsertionSiteError = insertion_result(
+                layer, concept, index, k, random_units, sums, float(absent_fraction), num_samples
+            )
+        except NoInsertionSiteError as err:
+            insertion = err
+        results[concept] = ConceptEffects(curve, k_every, ace, insertion)
+    return results
+
+
 def _effect_sums(
     s: PreparedAnalysis,
     units: Tensor,
@@ -148,6 +299,7 @@ def _effect_sums(
     batch_size: int,
     seed: int,
     per_sample: int | None,
+    originals: Originals,
 ) -> tuple[Tensor, Tensor]:
     """The ACE's ``[Σ s_c(x_i), Σ s_c(x_a), Σ s_c(x), pairs]`` and the insertion's sums.
 
@@ -181,7 +333,7 @@ def _effect_sums(
         measured = sampled_locations(batch.indices, num_places, per_sample, seed)  # [B, L]
         count = int(measured.sum().item())
         on = measured.to(device)
-        original = s.concept_scores(s.images(z))  # [B, S, S'], 0 or 1
+        original = originals.of(batch)[0][:, s.concept_index].float()  # [B, S, S'], 0 or 1
         weighted = torch.einsum("bst,lst->bl", original, weights)
         totals[2] += (weighted / weights.sum((1, 2)))[on].sum().double().cpu()
         inside = torch.einsum("bst,lst->bl", original, regions.float())  # [B, L]

@@ -18,6 +18,7 @@ from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.engines.distributed import all_reduce_sum, dist_info
 from gan_dissect_callbacks.engines.generator import GeneratorLike
 from gan_dissect_callbacks.engines.intervention._prepared import (
+    Originals,
     PreparedAnalysis,
     chunks,
     concept_index,
@@ -171,51 +172,15 @@ def removal_curves(
     num_random = check_int(num_random, "num_random", minimum=0)
     num_samples = check_int(num_samples, "num_samples")
     batch_size = check_int(batch_size, "batch_size")
-    wanted = _check_points(points)
+    wanted = check_points(points)
     if not rankings:
         raise ValueError("Expected argument `rankings` to name at least one concept, but got none.")
     concepts = list(rankings)
     with prepared(generator, layer, segmenter, concepts[0], seed=seed) as s:
-        channels = [concept_index(segmenter.vocabulary, c) for c in concepts]
-        orders = {c: s.units(rankings[c], "ranking")[:max_units] for c in concepts}
-        longest = max(o.numel() for o in orders.values())
-        draws = torch.Generator().manual_seed(seed)
-        # A shorter curve's random orders are prefixes of the same permutations.
-        random_orders = [
-            torch.randperm(s.num_units, generator=draws)[:longest] for _ in range(num_random)
-        ]
-        plans = {c: _plan(orders[c], random_orders, wanted) for c in concepts}
-        unit_sets = list(dict.fromkeys(key for plan in plans.values() for key in plan.keys))
-        counts = _removal_counts(s, unit_sets, channels, num_samples, batch_size, seed, progress)
-    counts = all_reduce_sum(counts)  # [sets + 1, concepts, 2]: the last row holds the originals
-    row_of = {key: row for row, key in enumerate(unit_sets)}
-    curves: dict[str, RemovalCurve | ConceptAbsentError] = {}
-    for j, concept in enumerate(concepts):
-        concept_pixels = int(counts[-1, j, 0].item())
-        if concept_pixels == 0:
-            curves[concept] = absent_error(
-                concept, num_samples, "the fraction of its pixels removed"
-            )
-            continue
-        plan = plans[concept]
-        rows = torch.tensor([row_of[key] for key in plan.keys]).view(1 + num_random, -1)
-        removed = (1 - counts[rows, j, 0].double() / concept_pixels).tolist()
-        net = (1 - counts[rows, j, 1].double() / concept_pixels).tolist()
-        n_units = orders[concept].numel()
-        curves[concept] = RemovalCurve(
-            layer=layer,
-            concept=concept,
-            units=orders[concept].tolist(),
-            points=plan.points,
-            removed=removed[0],
-            net_removed=net[0],
-            random_units=[o[:n_units].tolist() for o in random_orders],
-            random_removed=removed[1:],
-            concept_pixels=concept_pixels,
-            num_samples=num_samples,
-            seed=seed,
-        )
-    return curves
+        plan = removal_plan(s, rankings, max_units, num_random, wanted, seed)
+        originals = Originals(s, num_samples=num_samples, batch_size=batch_size)
+        counts = removal_counts(s, plan, originals, num_samples, batch_size, seed, progress)
+    return removal_results(layer, plan, all_reduce_sum(counts), num_samples, seed)
 
 
 @dataclass(frozen=True)
@@ -240,7 +205,81 @@ def _plan(order: Tensor, random_orders: list[Tensor], wanted: list[int] | None) 
     return _Plan(points, keys)
 
 
-def _check_points(points: Sequence[int] | None) -> list[int] | None:
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What the removal curves of several concepts ablate: per concept its orders and points.
+
+    ``unit_sets`` are the distinct sets of ablated units of every curve, each measured once.
+    """
+
+    concepts: list[str]
+    channels: list[int]
+    orders: dict[str, Tensor]
+    random_orders: list[Tensor]
+    plans: dict[str, _Plan]
+    unit_sets: list[tuple[int, ...]]
+
+
+def removal_plan(
+    s: PreparedAnalysis,
+    rankings: Mapping[str, Sequence[int] | Tensor],
+    max_units: int,
+    num_random: int,
+    wanted: list[int] | None,
+    seed: int,
+) -> RemovalPlan:
+    """The checked rankings, the seeded random orders and every set of units to ablate."""
+    concepts = list(rankings)
+    channels = [concept_index(s.segmenter.vocabulary, c) for c in concepts]
+    orders = {c: s.units(rankings[c], "ranking")[:max_units] for c in concepts}
+    longest = max(o.numel() for o in orders.values())
+    draws = torch.Generator().manual_seed(seed)
+    # A shorter curve's random orders are prefixes of the same permutations.
+    random_orders = [
+        torch.randperm(s.num_units, generator=draws)[:longest] for _ in range(num_random)
+    ]
+    plans = {c: _plan(orders[c], random_orders, wanted) for c in concepts}
+    unit_sets = list(dict.fromkeys(key for plan in plans.values() for key in plan.keys))
+    return RemovalPlan(concepts, channels, orders, random_orders, plans, unit_sets)
+
+
+def removal_results(
+    layer: str, plan: RemovalPlan, counts: Tensor, num_samples: int, seed: int
+) -> dict[str, RemovalCurve | ConceptAbsentError]:
+    """Each concept's curve from the counts of every process (see :func:`removal_counts`)."""
+    num_random = len(plan.random_orders)
+    row_of = {key: row for row, key in enumerate(plan.unit_sets)}
+    curves: dict[str, RemovalCurve | ConceptAbsentError] = {}
+    for j, concept in enumerate(plan.concepts):
+        concept_pixels = int(counts[-1, j, 0].item())
+        if concept_pixels == 0:
+            curves[concept] = absent_error(
+                concept, num_samples, "the fraction of its pixels removed"
+            )
+            continue
+        curve_plan = plan.plans[concept]
+        rows = torch.tensor([row_of[key] for key in curve_plan.keys]).view(1 + num_random, -1)
+        removed = (1 - counts[rows, j, 0].double() / concept_pixels).tolist()
+        net = (1 - counts[rows, j, 1].double() / concept_pixels).tolist()
+        n_units = plan.orders[concept].numel()
+        curves[concept] = RemovalCurve(
+            layer=layer,
+            concept=concept,
+            units=plan.orders[concept].tolist(),
+            points=curve_plan.points,
+            removed=removed[0],
+            net_removed=net[0],
+            random_units=[o[:n_units].tolist() for o in plan.random_orders],
+            random_removed=removed[1:],
+            concept_pixels=concept_pixels,
+            num_samples=num_samples,
+            seed=seed,
+        )
+    return curves
+
+
+def check_points(points: Sequence[int] | None) -> list[int] | None:
+    """The unit counts n of a curve: ``None`` (every n) or ints ≥ 1."""
     if points is None:
         return None
     if isinstance(points, str) or not all(
@@ -252,53 +291,56 @@ def _check_points(points: Sequence[int] | None) -> list[int] | None:
     return list(points)
 
 
-def _removal_counts(
+def removal_counts(
     s: PreparedAnalysis,
-    unit_sets: list[tuple[int, ...]],
-    channels: list[int],
+    plan: RemovalPlan,
+    originals: Originals,
     num_samples: int,
     batch_size: int,
     seed: int,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """``[sets + 1, concepts, 2]`` int64 per set of ablated units and concept channel.
 
-    Row ``r < sets``: (concept pixels kept, concept pixels after) with ``unit_sets[r]`` ablated;
-    the last row: (concept pixels of the originals, the same).
+    Row ``r < sets``: (concept pixels kept, concept pixels after) with ``plan.unit_sets[r]``
+    ablated; the last row: (concept pixels of the originals, the same). Sums over this process's
+    samples.
     """
     device = s.device
     rank, world = dist_info()
+    unit_sets = plan.unit_sets
     alphas = torch.zeros(len(unit_sets), s.num_units)
     for row, units in enumerate(unit_sets):
         alphas[row, list(units)] = 1.0
     alphas = alphas.to(device)
-    index = torch.tensor(channels, device=device)
-    kept = torch.zeros(len(unit_sets), len(channels), dtype=torch.long)
-    after = torch.zeros(len(unit_sets), len(channels), dtype=torch.long)
-    before = torch.zeros(len(channels), dtype=torch.long)
+    index = torch.tensor(plan.channels, device=device)
+    kept = torch.zeros(len(unit_sets), len(plan.channels), dtype=torch.long)
+    after = torch.zeros(len(unit_sets), len(plan.channels), dtype=torch.long)
+    before = torch.zeros(len(plan.channels), dtype=torch.long)
     done = 0
     for batch in s.generator.samples(
         num_samples, batch_size, seed=seed, rank=rank, world_size=world
     ):
         z = batch.latents
         b = z.shape[0]
-        original = _masks(s, s.images(z), index)  # [B, concepts, S, S']
+        original = _tracked(originals.of(batch)[0], index)  # [B, concepts, S, S']
         before += original.sum((0, 2, 3)).cpu()
         row_of = torch.arange(alphas.shape[0]).repeat_interleave(b)
         sample_of = torch.arange(b).repeat(alphas.shape[0])
         for part in chunks(row_of.numel(), batch_size):
             rows, i = row_of[part], sample_of[part]
             edit = UnitEdit(alpha=alphas[rows.to(device)], value=0.0)
-            ablated = _masks(s, s.images(z[i.to(z.device)], edit), index)
+            segmentation = checked_segment(s.segmenter, s.images(z[i.to(z.device)], edit))
+            ablated = _tracked(segmentation, index)
             kept.index_add_(0, rows, (ablated & original[i.to(device)]).sum((2, 3)).cpu())
             after.index_add_(0, rows, ablated.sum((2, 3)).cpu())
         done += b
         if progress is not None:
             progress(done * world, num_samples)
-    originals = torch.stack([before, before], 1).unsqueeze(0)
-    return torch.cat([torch.stack([kept, after], 2), originals])
+    originals_row = torch.stack([before, before], 1).unsqueeze(0)
+    return torch.cat([torch.stack([kept, after], 2), originals_row])
 
 
-def _masks(s: PreparedAnalysis, images: Tensor, channels: Tensor) -> Tensor:
+def _tracked(segmentation: Tensor, channels: Tensor) -> Tensor:
     """The hard masks of the tracked concepts: ``[B, concepts, S, S']`` bool."""
-    return checked_segment(s.segmenter, images)[:, channels].float() > 0.5
+    return segmentation[:, channels].float() > 0.5

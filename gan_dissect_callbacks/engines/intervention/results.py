@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from torch import Tensor
+
 __all__ = [
     "ACEResult",
     "AlphaResult",
     "AlphaStep",
     "ConceptAbsentError",
+    "ConceptEffects",
     "InsertionResult",
     "NoInsertionSiteError",
     "RemovalCurve",
@@ -216,6 +219,24 @@ class AlphaResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConceptEffects:
+    """Every measure of one concept from :func:`concept_effects`, on the images it shares.
+
+    Attributes:
+        removal: the removal curve of the concept's ranking (:func:`removal_curves`).
+        values: k of every unit of the layer, ``[U]`` float32 (:func:`insertion_values`).
+        ace: the region ACE of the ranking's top units (:func:`causal_effects`).
+        insertion: their insertion effect, or the :class:`NoInsertionSiteError` when the
+            concept covers every location of every sample.
+    """
+
+    removal: RemovalCurve
+    values: Tensor
+    ace: ACEResult
+    insertion: InsertionResult | NoInsertionSiteError
 
 
 def absent_error(concept: str, num_samples: int, what: str) -> ConceptAbsentError:

@@ -22,6 +22,7 @@ from gan_dissect_callbacks.arguments import (
 )
 from gan_dissect_callbacks.engines.generator import GeneratorLike
 from gan_dissect_callbacks.engines.intervention._prepared import (
+    Originals,
     PreparedAnalysis,
     check_values,
     prepared,
@@ -157,6 +158,34 @@ def unit_values(
     if weight.item() == 0:
         raise absent_error(s.concept, num_samples, "its concept-weighted insertion value")
     return (sums / weight).float()
+
+
+def concept_mean_values(
+    s: PreparedAnalysis,
+    channels: Sequence[int],
+    originals: Originals,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+) -> list[Tensor | None]:
+    """The concept-weighted k of every unit for several concepts, from one pass over the samples.
+
+    Per channel, what :func:`unit_values` gives for its concept (``[U]`` float32 on the CPU), or
+    ``None`` where the concept is absent from all samples.
+    """
+    sums = torch.zeros(len(channels), s.num_units, dtype=torch.float64)
+    weight = torch.zeros(len(channels), dtype=torch.float64)
+    with torch.no_grad():
+        for batch in s.generator.samples(num_samples, batch_size, seed=seed):
+            segmentation, featuremap = originals.of(batch)
+            r = featuremap.float()
+            for j, channel in enumerate(channels):
+                batch_sums, batch_weight = _weighted_sums(r, segmentation[:, channel].float())
+                sums[j] += batch_sums.cpu()
+                weight[j] += batch_weight.cpu()
+    return [
+        None if w.item() == 0 else (row / w).float() for row, w in zip(sums, weight, strict=True)
+    ]
 
 
 def resolve_values(
