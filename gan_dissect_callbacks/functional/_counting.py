@@ -184,11 +184,14 @@ def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
         return
     bounds = [units * part // threads for part in range(threads + 1)]
     jobs = [
-        _executor(threads).submit(kernel, *args, bounds[part], bounds[part + 1])
-        for part in range(threads)
+        _executor(threads - 1).submit(kernel, *args, bounds[part], bounds[part + 1])
+        for part in range(1, threads)
     ]
-    for job in jobs:
-        job.result()
+    try:
+        kernel(*args, bounds[0], bounds[1])  # this thread takes the first share
+    finally:  # the other shares write into the same arrays: always wait for them
+        for job in jobs:
+            job.result()
 
 
 def _grid(low: Tensor, high: Tensor, offset: Tensor) -> tuple[Any, Any, Any]:
