@@ -1,13 +1,18 @@
 """Charts for TensorBoard: the paper's unit-class distribution, and figures as image tensors.
 
 Pure rendering: a :class:`~gan_dissect_callbacks.engines.dissection.LayerReport` in, a matplotlib
-figure out; :func:`figure_to_image` turns any figure into a ``[3, H, W]`` tensor in ``[0, 1]``.
+figure out; :func:`figure_to_image` turns any figure into a ``[3, H, W]`` tensor in ``[0, 1]``,
+:func:`figure_pixels` into the 8-bit pixels TensorBoard stores of it.
+:func:`category_chart_pixels` draws a chart only for data it has not drawn lately: drawing
+costs about a tenth of a second, and a layer's unit classes can stay the same from one
+dissection to the next (once labels settle).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,11 +23,13 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from gan_dissect_callbacks.reporting.images import from_pixels, to_pixels
+
 if TYPE_CHECKING:
     from gan_dissect_callbacks.engines.dissection import LayerReport
     from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
-__all__ = ["category_chart", "figure_to_image"]
+__all__ = ["category_chart", "category_chart_pixels", "figure_pixels", "figure_to_image"]
 
 # ------------------------------------------------------------------------------ figures
 
@@ -61,23 +68,66 @@ def category_chart(layer: LayerReport, vocabulary: ConceptVocabulary) -> Figure:
         >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         ['object: 1 unit', 'part: 2 units']
     """
+    return _draw_category_chart(*_chart_data(layer, vocabulary))
+
+
+#: What a category chart shows: its title, ``(category, units)`` in legend order and
+#: ``(concept, units, category)`` per bar.
+_ChartData = tuple[str, tuple[tuple[str, int], ...], tuple[tuple[str, int, str], ...]]
+
+
+def _chart_data(layer: LayerReport, vocabulary: ConceptVocabulary) -> _ChartData:
     counts = layer.counts_by_category(vocabulary.categories)
     by_concept = layer.counts_by_concept()
     category_of = {u.concept: u.category for u in layer.interpretable_units}
-    colours = {cat: _category_colour(i) for i, cat in enumerate(counts)}
-    bars = [
+    bars = tuple(
         (concept, n, category)
         for category in counts
         for concept, n in sorted(
             ((c, n) for c, n in by_concept.items() if category_of[c] == category),
             key=lambda cn: (-cn[1], cn[0]),
         )
-    ]
+    )
+    return layer.summary(vocabulary.categories), tuple(counts.items()), bars
 
+
+def category_chart_pixels(layer: LayerReport, vocabulary: ConceptVocabulary) -> np.ndarray:
+    """:func:`category_chart` drawn as ``[H, W, 3]`` uint8 pixels (:func:`figure_pixels`).
+
+    The chart is a function of its title, legend and bars alone, so the pixels of the last 16
+    distinct charts are kept and given again (read-only) for the same data; drawn with the
+    matplotlib settings in force when first drawn.
+
+    Example:
+        >>> from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
+        >>> from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
+        >>> vocab = ConceptVocabulary.from_pairs([("sky", "object")])
+        >>> layer = LayerReport("l3", 2, [UnitReport(0, "sky", "object", 0.2, 1.0, 0.1, True)], [])
+        >>> pixels = category_chart_pixels(layer, vocab)
+        >>> pixels.shape, pixels is category_chart_pixels(layer, vocab)
+        ((320, 400, 3), True)
+    """
+    return _cached_chart_pixels(_chart_data(layer, vocabulary))
+
+
+@lru_cache(maxsize=16)
+def _cached_chart_pixels(data: _ChartData) -> np.ndarray:
+    pixels = figure_pixels(_draw_category_chart(*data))
+    pixels.flags.writeable = False  # shared by every caller of the same data
+    return pixels
+
+
+def _draw_category_chart(
+    title_text: str,
+    category_counts: tuple[tuple[str, int], ...],
+    bars: tuple[tuple[str, int, str], ...],
+) -> Figure:
+    counts = dict(category_counts)
+    colours = {cat: _category_colour(i) for i, cat in enumerate(counts)}
     fig = Figure(figsize=(max(4.0, 1.5 + 0.3 * len(bars)), 3.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    title = fig.suptitle(layer.summary(vocabulary.categories), fontsize=9)
+    title = fig.suptitle(title_text, fontsize=9)
     if not bars:
         ax.text(
             0.5, 0.5, "no interpretable units", ha="center", va="center", transform=ax.transAxes
@@ -158,6 +208,36 @@ def figure_to_image(fig: Figure) -> Tensor:
         >>> tuple(image.shape), image.unique().tolist()  # an empty figure is white
         ((3, 50, 100), [1.0])
     """
+    rgba = _render(fig)
+    if (rgba[..., 3] == 255).all():
+        return from_pixels(rgba[..., :3])
+    return _over_white(rgba)
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """Render a matplotlib figure to ``[H, W, 3]`` uint8 pixels and close it.
+
+    The pixels TensorBoard stores for :func:`figure_to_image`'s image
+    (:func:`~gan_dissect_callbacks.reporting.images.to_pixels`): an opaque figure gives the
+    canvas's own pixels, without a detour through floats.
+
+    Raises:
+        ValueError: if ``fig`` is not a matplotlib figure.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> pixels = figure_pixels(Figure(figsize=(2, 1), dpi=50, facecolor="red"))
+        >>> pixels.shape, pixels[0, 0].tolist()
+        ((50, 100, 3), [255, 0, 0])
+    """
+    rgba = _render(fig)
+    if (rgba[..., 3] == 255).all():
+        return np.ascontiguousarray(rgba[..., :3])
+    return to_pixels(_over_white(rgba)).permute(1, 2, 0).numpy()
+
+
+def _render(fig: Figure) -> np.ndarray:
+    """``[H, W, 4]`` uint8: the figure drawn on an Agg canvas; a ``pyplot`` figure is closed."""
     if not isinstance(fig, Figure):
         raise ValueError(
             f"Expected argument `fig` to be a matplotlib Figure, but got {type(fig).__name__}."
@@ -168,7 +248,11 @@ def figure_to_image(fig: Figure) -> Tensor:
         plt.close(fig)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    rgba = torch.from_numpy(np.array(canvas.buffer_rgba(), dtype=np.uint8))  # [H, W, 4], a copy
-    rgba = rgba.permute(2, 0, 1).float() / 255
-    rgb, alpha = rgba[:3], rgba[3:]
+    return np.array(canvas.buffer_rgba(), dtype=np.uint8)  # a copy: the canvas may be reused
+
+
+def _over_white(rgba: np.ndarray) -> Tensor:
+    """``[3, H, W]`` floats in ``[0, 1]``: ``[H, W, 4]`` uint8 pixels composited over white."""
+    x = torch.from_numpy(rgba).permute(2, 0, 1).float() / 255
+    rgb, alpha = x[:3], x[3:]
     return rgb * alpha + (1 - alpha)

@@ -22,18 +22,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.charts import category_chart_pixels
 from gan_dissect_callbacks.reporting.evolution import (
-    timeline_image,
     timeline_markdown,
+    timeline_pixels,
     unit_timeline,
 )
-from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery
+from gan_dissect_callbacks.reporting.galleries import (
+    GalleryRow,
+    unit_gallery,
+    unit_gallery_pixels,
+)
+from gan_dissect_callbacks.reporting.images import from_pixels, png_bytes
 from gan_dissect_callbacks.reporting.layouts import (
     category_run,
     custom_scalars_layout,
@@ -181,15 +188,79 @@ def unit_galleries(
         ``{layer: [page 0, page 1, ...]}``, each a ``[3, H, W]`` image in ``[0, 1]`` (see
         :func:`~gan_dissect_callbacks.reporting.galleries.unit_gallery`) of the same width.
     """
-    galleries: dict[str, list[Tensor]] = {}
+    return {
+        name: [unit_gallery(page) for page in pages]
+        for name, pages in _gallery_pages(report, rows_per_page).items()
+    }
+
+
+def _gallery_pages(
+    report: DissectionReport, rows_per_page: int | None
+) -> dict[str, list[list[GalleryRow]]]:
+    pages: dict[str, list[list[GalleryRow]]] = {}
     for name, examples in report.examples.items():
         if not examples:
             continue
         units = {u.unit: u for u in report.layers[name].units}
         rows = [GalleryRow(_row_title(name, units[e.unit]), e.images, e.masks) for e in examples]
         step = rows_per_page or len(rows)
-        galleries[name] = [unit_gallery(rows[i : i + step]) for i in range(0, len(rows), step)]
-    return galleries
+        pages[name] = [rows[i : i + step] for i in range(0, len(rows), step)]
+    return pages
+
+
+class _ImageLog:
+    """The images of one :func:`log_dissection` call, written as ``add_image`` would write them.
+
+    A ``SummaryWriter`` would encode each PNG with Pillow's slow default; here the same pixels
+    are encoded by :func:`~gan_dissect_callbacks.reporting.images.png_bytes` on a second thread
+    (zlib releases the GIL, so it runs beside the drawing of the next image) and go to the
+    event file as the image summaries ``add_image`` writes, at :meth:`close`. Any other writer
+    gets ``add_image`` with the float image, at once.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = writer
+        # A subclass with its own add_image gets it called, as it expects.
+        own = (
+            isinstance(writer, SummaryWriter) and type(writer).add_image is SummaryWriter.add_image
+        )
+        self._encoder = ThreadPoolExecutor(1) if own else None
+        self._pending: list[tuple[str, tuple[int, ...], int, Future[bytes]]] = []
+
+    def add(self, tag: str, pixels: np.ndarray, step: int) -> None:
+        """Log ``[H, W, 3]`` uint8 ``pixels`` (not changed afterwards) as image ``tag``."""
+        if self._encoder is None:
+            self._writer.add_image(tag, from_pixels(pixels), global_step=step)
+            return
+        self._pending.append((tag, pixels.shape, step, self._encoder.submit(png_bytes, pixels)))
+
+    def __enter__(self) -> _ImageLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write the encoded images, in the order they came; an encoding error is raised here."""
+        if self._encoder is None:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        try:
+            for tag, (height, width, channels), step, png in self._pending:
+                image = Summary.Image(
+                    height=height,
+                    width=width,
+                    colorspace=channels,
+                    encoded_image_string=png.result(),
+                )
+                summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+                self._writer._get_file_writer().add_summary(summary, step)
+        finally:
+            self._pending = []
+            self._encoder.shutdown(cancel_futures=True)
 
 
 def log_dissection(
@@ -215,7 +286,10 @@ def log_dissection(
     (the last 16)
     ``{prefix}/{layer}/unit_timeline_table``; with
     ``write_layout`` also the custom-scalars layout. The caller flushes the writer
-    (``ReportOutput.tensorboard()`` does).
+    (``ReportOutput.tensorboard()`` does). A ``SummaryWriter`` gets the images as the PNG
+    files ``add_image`` would write, pixel for pixel, encoded here in a fraction of the time;
+    the unit-class chart is drawn again only when its data changed
+    (:func:`~gan_dissect_callbacks.reporting.charts.category_chart_pixels`).
 
     Args:
         writer: the ``SummaryWriter``.
@@ -238,24 +312,23 @@ def log_dissection(
     write_run_scalars(
         writer, run_scalars(summary, vocabulary.categories, prefix=prefix), step, runs
     )
-    galleries = unit_galleries(report)
-    for name, layer in report.layers.items():
-        tag = f"{prefix}/{name}"
-        writer.add_histogram(f"{tag}/best_iou", torch.tensor([u.iou for u in layer.units]), step)
-        writer.add_image(
-            f"{tag}/unit_classes",
-            figure_to_image(category_chart(layer, vocabulary)),
-            global_step=step,
-        )
-        writer.add_text(
-            f"{tag}/units",
-            units_markdown(layer, categories=vocabulary.categories),
-            global_step=step,
-        )
-        for page, gallery in enumerate(galleries.get(name, [])):
-            writer.add_image(f"{tag}/gallery/{page}", gallery, global_step=step)
-        if history:
-            timeline = unit_timeline(history, name, top_n=timeline_units)
-            writer.add_image(f"{tag}/unit_timeline", timeline_image(timeline), step)
-            table = unit_timeline(history, name, top_n=timeline_units, max_steps=16)
-            writer.add_text(f"{tag}/unit_timeline_table", timeline_markdown(table), step)
+    galleries = _gallery_pages(report, GALLERY_PAGE_ROWS)
+    with _ImageLog(writer) as images:
+        for name, layer in report.layers.items():
+            tag = f"{prefix}/{name}"
+            writer.add_histogram(
+                f"{tag}/best_iou", torch.tensor([u.iou for u in layer.units]), step
+            )
+            images.add(f"{tag}/unit_classes", category_chart_pixels(layer, vocabulary), step)
+            writer.add_text(
+                f"{tag}/units",
+                units_markdown(layer, categories=vocabulary.categories),
+                global_step=step,
+            )
+            for page, rows in enumerate(galleries.get(name, [])):
+                images.add(f"{tag}/gallery/{page}", unit_gallery_pixels(rows), step)
+            if history:
+                timeline = unit_timeline(history, name, top_n=timeline_units)
+                images.add(f"{tag}/unit_timeline", timeline_pixels(timeline), step)
+                table = unit_timeline(history, name, top_n=timeline_units, max_steps=16)
+                writer.add_text(f"{tag}/unit_timeline_table", timeline_markdown(table), step)

@@ -26,20 +26,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.images import (
     DISPLAY_WIDTH,
     MIN_LABEL_PX,
+    from_pixels,
     label_cap_height,
     label_font,
     line_metrics,
     text_width,
 )
 
-__all__ = ["UnitTimeline", "timeline_image", "timeline_markdown", "unit_timeline"]
+__all__ = [
+    "UnitTimeline",
+    "timeline_image",
+    "timeline_markdown",
+    "timeline_pixels",
+    "unit_timeline",
+]
 
 #: Cell text of a unit that is not interpretable at a step.
 NO_LABEL = "-"
@@ -141,6 +147,18 @@ def _text_colour(rgb: tuple[float, float, float]) -> str:
 
 
 def timeline_image(timeline: UnitTimeline) -> Tensor:
+    """:func:`timeline_pixels` as a ``[3, H, W]`` float image in ``[0, 1]``.
+
+    Example:
+        >>> t = UnitTimeline("l3", [0, 500], [4], [[0.0, 0.3]], [[None, "sky"]])
+        >>> image = timeline_image(t)
+        >>> image.shape[0], bool(image.min() >= 0 and image.max() <= 1)
+        (3, True)
+    """
+    return from_pixels(timeline_pixels(timeline))
+
+
+def timeline_pixels(timeline: UnitTimeline) -> np.ndarray:
     """The timeline as a heatmap table: rows units, columns steps, colour IoU, text the label.
 
     Each cell is coloured by the unit's best IoU at that step (viridis, dark 0 to yellow at the
@@ -156,13 +174,13 @@ def timeline_image(timeline: UnitTimeline) -> Tensor:
     Drawn with Pillow, no figure.
 
     Returns:
-        ``[3, H, W]`` float image in ``[0, 1]``, for ``SummaryWriter.add_image``.
+        ``[H, W, 3]`` uint8 pixels.
 
     Example:
         >>> t = UnitTimeline("l3", [0, 500], [4], [[0.0, 0.3]], [[None, "sky"]])
-        >>> image = timeline_image(t)
-        >>> image.shape[0], bool(image.min() >= 0 and image.max() <= 1)
-        (3, True)
+        >>> pixels = timeline_pixels(t)
+        >>> pixels.ndim, pixels.shape[2], pixels.dtype.name
+        (3, 3, 'uint8')
     """
     from matplotlib import colormaps
 
@@ -223,5 +241,4 @@ def timeline_image(timeline: UnitTimeline) -> Tensor:
                 draw.rectangle([x, y, x + column - 2, y + row_height - 2], fill=fill)
                 write(x + pad, y, cells[i][j], _text_colour(rgb))
     write(pad, height - row_height, footer)
-    pixels = torch.from_numpy(np.array(canvas, dtype=np.uint8))
-    return pixels.permute(2, 0, 1).float() / 255
+    return np.asarray(canvas, dtype=np.uint8)

@@ -5,7 +5,8 @@
 - :func:`unit_gallery`: one titled row per unit (a :class:`GalleryRow`), ready for
   ``SummaryWriter.add_image``; samples enlarged to at least :data:`MIN_TILE_SIDE` pixels and
   titles sized by :func:`~gan_dissect_callbacks.reporting.images.label_cap_height`, so they
-  stay legible when TensorBoard shrinks the image to its card.
+  stay legible when TensorBoard shrinks the image to its card; :func:`unit_gallery_pixels`
+  gives the same image as the 8-bit pixels TensorBoard stores, ready for a PNG file.
 
 Pure rendering: tensors in, an image tensor in ``[0, 1]`` out; nothing here writes to a logger.
 
@@ -27,20 +28,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.images import (
-    image_grid,
+    from_pixels,
     label_cap_height,
     label_font,
-    text_band,
+    text_band_pixels,
     text_width,
+    to_pixels,
     to_unit_range,
 )
 
-__all__ = ["GalleryRow", "unit_gallery", "unit_overlay"]
+__all__ = ["GalleryRow", "unit_gallery", "unit_gallery_pixels", "unit_overlay"]
 
 #: How much the pixels outside a unit's region are dimmed (the paper's galleries: ×0.5).
 OUTSIDE_BRIGHTNESS = 0.5
@@ -52,8 +56,10 @@ OUTLINE_COLOUR = (0.0, 0.0, 0.0)
 #: Gallery samples smaller than this (pixels) are enlarged by an integer factor (nearest).
 MIN_TILE_SIDE = 96
 
+_CONTOUR_PIXEL = to_pixels(torch.tensor(CONTOUR_COLOUR)).numpy()  # as TensorBoard stores them
+_OUTLINE_PIXEL = to_pixels(torch.tensor(OUTLINE_COLOUR)).numpy()
 _PADDING = 2  # pixels between gallery images, and around titles
-_BACKGROUND = 1.0  # white, the padding value of image_grid
+_BACKGROUND = 255  # white padding
 
 
 # ------------------------------------------------------------------------------ overlays
@@ -76,13 +82,18 @@ def _check_images_and_masks(images: Tensor, masks: Tensor) -> None:
         )
 
 
-def _region_contour(masks: Tensor) -> Tensor:
+_Pixels = TypeVar("_Pixels", Tensor, np.ndarray)
+#: A boolean mask, as a tensor (:func:`unit_overlay`) or an array (:func:`unit_gallery_pixels`).
+_Mask = TypeVar("_Mask", Tensor, np.ndarray)
+
+
+def _region_contour(masks: _Mask) -> _Mask:
     """Region pixels with at least one 4-neighbour outside the region.
 
     Neighbours beyond the image edge count as inside: the contour marks where a region ends
     within the picture, not the picture's frame.
     """
-    inner = masks.clone()
+    inner = masks & masks  # a copy, for tensors and arrays alike
     inner[:, 1:, :] &= masks[:, :-1, :]
     inner[:, :-1, :] &= masks[:, 1:, :]
     inner[:, :, 1:] &= masks[:, :, :-1]
@@ -90,9 +101,9 @@ def _region_contour(masks: Tensor) -> Tensor:
     return masks & ~inner
 
 
-def _outer_ring(masks: Tensor) -> Tensor:
+def _outer_ring(masks: _Mask) -> _Mask:
     """Pixels outside the region with at least one 4-neighbour inside it."""
-    grown = masks.clone()
+    grown = masks | masks  # a copy
     grown[:, 1:, :] |= masks[:, :-1, :]
     grown[:, :-1, :] |= masks[:, 1:, :]
     grown[:, :, 1:] |= masks[:, :, :-1]
@@ -129,13 +140,23 @@ def unit_overlay(images: Tensor, masks: Tensor) -> Tensor:
                 [0.5000, 0.0000, 0.5000]])
     """
     _check_images_and_masks(images, masks)
-    x = to_unit_range(images)
+    x = to_unit_range(images).permute(0, 2, 3, 1)  # channel-last: a pixel is one index
     masks = masks.to(x.device)
-    dimmed = torch.where(masks.unsqueeze(1), x, x * OUTSIDE_BRIGHTNESS)
-    colour = torch.tensor(CONTOUR_COLOUR, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    dark = torch.tensor(OUTLINE_COLOUR, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    outlined = torch.where(_outer_ring(masks).unsqueeze(1), dark, dimmed)
-    return torch.where(_region_contour(masks).unsqueeze(1), colour, outlined)
+    outlined = torch.where(masks.unsqueeze(-1), x, x * OUTSIDE_BRIGHTNESS)
+    colour = torch.tensor(CONTOUR_COLOUR, dtype=x.dtype, device=x.device)
+    dark = torch.tensor(OUTLINE_COLOUR, dtype=x.dtype, device=x.device)
+    return _paint_outline(outlined, masks, colour, dark).permute(0, 3, 1, 2).contiguous()
+
+
+def _paint_outline(pixels: _Pixels, masks: Any, colour: Any, dark: Any) -> _Pixels:
+    """Paint the ring ``dark`` and the contour ``colour`` into ``[N, H, W, 3]`` ``pixels``.
+
+    In place, tensors of floats and arrays of 8-bit pixels alike (``masks``: ``[N, H, W]``,
+    ``colour`` and ``dark``: ``[3]``, of the same kind).
+    """
+    pixels[_outer_ring(masks)] = dark
+    pixels[_region_contour(masks)] = colour
+    return pixels
 
 
 # ------------------------------------------------------------------------------ gallery
@@ -166,13 +187,6 @@ class GalleryRow:
             )
 
 
-def _pad_right(image: Tensor, width: int) -> Tensor:
-    if image.shape[-1] == width:
-        return image
-    pad = torch.full((3, image.shape[1], width - image.shape[2]), _BACKGROUND)
-    return torch.cat([image, pad], dim=2)
-
-
 def unit_gallery(rows: Sequence[GalleryRow], *, scale: int | None = None) -> Tensor:
     """Tile units' overlays into one image: one row per unit, its title written above the row.
 
@@ -187,6 +201,10 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int | None = None) -> Ten
     (:func:`~gan_dissect_callbacks.reporting.images.label_cap_height`), so
     they stay ≥ 10 px when TensorBoard's card shows the image 350 px wide. With no rows the
     image just says "no units to show".
+
+    The image is made of 8-bit colours (:func:`unit_gallery_pixels` ``/ 255``): each overlay
+    pixel is the one TensorBoard stores for it
+    (:func:`~gan_dissect_callbacks.reporting.images.to_pixels`).
 
     Args:
         rows: the units to show, top to bottom.
@@ -209,6 +227,24 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int | None = None) -> Ten
         >>> bool(gallery.min() >= 0 and gallery.max() <= 1)
         True
     """
+    return from_pixels(unit_gallery_pixels(rows, scale=scale))
+
+
+def unit_gallery_pixels(rows: Sequence[GalleryRow], *, scale: int | None = None) -> np.ndarray:
+    """:func:`unit_gallery` as ``[H', W', 3]`` uint8 pixels, ready for a PNG file.
+
+    The overlay's two colours of each sample pixel (kept, dimmed) are converted to 8 bits
+    before enlarging, where there are ``scale²`` times fewer of them; the conversion is per
+    pixel, so the result is the enlarged overlay's conversion exactly.
+
+    Example:
+        >>> import torch
+        >>> masks = torch.zeros(1, 2, 2, dtype=torch.bool)
+        >>> masks[0, 0, 0] = True  # mid-grey sample: yellow contour, black ring, dimmed grey
+        >>> pixels = unit_gallery_pixels([GalleryRow("", torch.zeros(1, 3, 2, 2), masks)], scale=1)
+        >>> pixels[-4:-2, 2:4, 0].tolist(), pixels.dtype.name
+        ([[255, 0], [0, 63]], 'uint8')
+    """
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
         raise ValueError(
             f"Expected argument `scale` to be None or an integer ≥ 1, but got {scale!r}."
@@ -221,30 +257,44 @@ def unit_gallery(rows: Sequence[GalleryRow], *, scale: int | None = None) -> Ten
     if not rows:
         text = "no units to show"
         font = label_font(label_cap_height(0))
-        return text_band(text, text_width(text, font) + 2 * _PADDING, font, padding=_PADDING)
+        return text_band_pixels(text, text_width(text, font) + 2 * _PADDING, font, padding=_PADDING)
 
     if scale is None:
         smallest = min(min(row.images.shape[-2:]) for row in rows)
         scale = max(1, math.ceil(MIN_TILE_SIDE / max(1, smallest)))
-    grids = []
-    for row in rows:
-        images = row.images.detach().cpu()
-        masks = row.masks.cpu()
-        if scale > 1:
-            images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-            masks = masks.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-        overlay = unit_overlay(images, masks)
-        grids.append(
-            image_grid(
-                overlay, nrow=len(overlay), padding=_PADDING, pad_value=_BACKGROUND, signed=False
-            )
-        )
-    width = max(grid.shape[2] for grid in grids)
-    font = label_font(label_cap_height(width))
+    cells = [_overlay_pixels(row, scale) for row in rows]  # [k, H, W, 3] each
+    grid_widths = [_PADDING + len(c) * (c.shape[2] + _PADDING) for c in cells]
+    font = label_font(label_cap_height(max(grid_widths)))
     # A title wider than the images widens the image; its letters then keep their share of it.
-    width = max(width, max(text_width(row.title, font) for row in rows) + 2 * _PADDING)
-    blocks = []
-    for row, grid in zip(rows, grids, strict=True):
-        blocks.append(text_band(row.title, width, font, padding=_PADDING))
-        blocks.append(_pad_right(grid, width))
-    return torch.cat(blocks, dim=1)
+    width = max(max(grid_widths), max(text_width(row.title, font) for row in rows) + 2 * _PADDING)
+    bands = [text_band_pixels(row.title, width, font, padding=_PADDING) for row in rows]
+    heights = [
+        band.shape[0] + c.shape[1] + 2 * _PADDING for band, c in zip(bands, cells, strict=True)
+    ]
+    canvas = np.full((sum(heights), width, 3), _BACKGROUND, dtype=np.uint8)
+    top = 0
+    for band, cell, height in zip(bands, cells, heights, strict=True):
+        canvas[top : top + band.shape[0]] = band
+        k, h, w, _ = cell.shape
+        y = top + band.shape[0] + _PADDING
+        # The row's k cells side by side, each followed by its padding: one strided copy (the
+        # reshape only splits an axis, so it is a view of the canvas).
+        strip = canvas[y : y + h, _PADDING : _PADDING + k * (w + _PADDING)]
+        strip.reshape(h, k, w + _PADDING, 3)[:, :, :w] = cell.transpose(1, 0, 2, 3)
+        top += height
+    return canvas
+
+
+def _overlay_pixels(row: GalleryRow, scale: int) -> np.ndarray:
+    """``[k, scale·H, scale·W, 3]`` uint8: the row's enlarged overlays (:func:`unit_overlay`)."""
+    x = to_unit_range(row.images.detach().cpu()).permute(0, 2, 3, 1)
+    masks = row.masks.cpu()
+    # Kept or dimmed, in 8 bits, at the samples' size: per pixel, so enlarging afterwards gives
+    # the enlarged overlay's own pixels; the outline is then drawn 1 pixel thin at full size.
+    kept, dimmed = to_pixels(x), to_pixels(x * OUTSIDE_BRIGHTNESS)
+    pixels = torch.where(masks.unsqueeze(-1), kept, dimmed).numpy()
+    region = masks.numpy()
+    if scale > 1:  # numpy's repeat copies bytes several times faster than torch's
+        pixels = np.repeat(np.repeat(pixels, scale, axis=1), scale, axis=2)
+        region = np.repeat(np.repeat(region, scale, axis=1), scale, axis=2)
+    return _paint_outline(pixels, region, _CONTOUR_PIXEL, _OUTLINE_PIXEL)

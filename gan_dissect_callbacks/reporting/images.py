@@ -5,6 +5,11 @@ TensorBoard's image card shows an image scaled to the card's width (about
 shrinks with the image's width. :func:`label_cap_height` states the rule that keeps it legible:
 capital letters at least :data:`MIN_LABEL_PX` pixels tall at that display width.
 
+Images reach TensorBoard as PNG files of 8-bit pixels. :func:`to_pixels` is the conversion
+TensorBoard's ``add_image`` applies to a float image (×255, clipped, truncated), and
+:func:`png_bytes` encodes such pixels itself, with a light zlib level and no row filters: the
+file decodes to the very same pixels, written in a fifth of the time Pillow's default takes.
+
 Example:
     >>> import torch
     >>> grid = image_grid(torch.zeros(5, 3, 4, 4), nrow=3, padding=1)
@@ -15,6 +20,8 @@ Example:
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -26,12 +33,16 @@ __all__ = [
     "DISPLAY_WIDTH",
     "MIN_LABEL_PX",
     "enlarge",
+    "from_pixels",
     "image_grid",
     "label_cap_height",
     "label_font",
     "line_metrics",
+    "png_bytes",
     "text_band",
+    "text_band_pixels",
     "text_width",
+    "to_pixels",
     "to_unit_range",
 ]
 
@@ -40,6 +51,10 @@ __all__ = [
 DISPLAY_WIDTH = 350
 #: The least height (pixels) of a capital letter of a label, as the dashboard shows it.
 MIN_LABEL_PX = 10
+#: zlib level of :func:`png_bytes`. Level 3 without row filters gives files a little smaller
+#: than Pillow's default (level 6 with adaptive filters) on galleries, charts and tables, in a
+#: fifth of the time: enlarged samples repeat whole rows, which zlib finds without filters.
+PNG_COMPRESSION_LEVEL = 3
 
 
 def label_cap_height(image_width: int) -> int:
@@ -84,6 +99,29 @@ def text_width(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) ->
     return math.ceil(font.getbbox(text)[2]) if text else 0
 
 
+def text_band_pixels(
+    text: str,
+    width: int,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    *,
+    padding: int = 2,
+) -> np.ndarray:
+    """``[h, width, 3]`` uint8: black ``text`` on white, ``padding`` px from the left and around.
+
+    ``h`` is the font's line height plus ``2 · padding``, the same for every text.
+
+    Example:
+        >>> band = text_band_pixels("HI", 40, label_font(10))
+        >>> band.shape[1:], band.dtype.name, int(band.min()) < 128
+        ((40, 3), 'uint8', True)
+    """
+    top, bottom = line_metrics(font)
+    height = bottom - top + 2 * padding
+    band = Image.new("RGB", (max(1, width), height), "white")
+    ImageDraw.Draw(band).text((padding, padding - top), text, fill="black", font=font)
+    return np.asarray(band, dtype=np.uint8)
+
+
 def text_band(
     text: str,
     width: int,
@@ -91,21 +129,76 @@ def text_band(
     *,
     padding: int = 2,
 ) -> Tensor:
-    """``[3, h, width]``: black ``text`` on white, ``padding`` pixels from the left and around.
-
-    ``h`` is the font's line height plus ``2 · padding``, the same for every text.
+    """:func:`text_band_pixels` as a ``[3, h, width]`` float image in ``[0, 1]``.
 
     Example:
         >>> band = text_band("HI", 40, label_font(10))
         >>> band.shape[0], band.shape[2], bool(band.min() < 0.5)
         (3, 40, True)
     """
-    top, bottom = line_metrics(font)
-    height = bottom - top + 2 * padding
-    band = Image.new("RGB", (max(1, width), height), "white")
-    ImageDraw.Draw(band).text((padding, padding - top), text, fill="black", font=font)
-    pixels = torch.from_numpy(np.array(band, dtype=np.uint8))  # [H, W, 3]
+    return from_pixels(text_band_pixels(text, width, font, padding=padding))
+
+
+def to_pixels(image: Tensor) -> Tensor:
+    """The 8-bit pixels TensorBoard stores of a float image in ``[0, 1]``: ×255, clipped, cut.
+
+    ``SummaryWriter.add_image`` converts a float image so; a float image made of 8-bit
+    pixels (``k / 255``) gets exactly those pixels back.
+
+    Example:
+        >>> to_pixels(torch.tensor([0.0, 0.5, 1.0, 2.0, 7 / 255])).tolist()
+        [0, 127, 255, 255, 7]
+    """
+    return (image.detach().float() * 255).clamp(0, 255).to(torch.uint8)
+
+
+def from_pixels(pixels: np.ndarray | Tensor) -> Tensor:
+    """``[H, W, 3]`` uint8 pixels as a ``[3, H, W]`` float image in ``[0, 1]`` (``k / 255``)."""
+    if isinstance(pixels, np.ndarray):
+        # torch wants arrays it could write to; a read-only one (a cached chart) is copied.
+        pixels = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
     return pixels.permute(2, 0, 1).float() / 255
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(pixels: np.ndarray | Tensor, level: int = PNG_COMPRESSION_LEVEL) -> bytes:
+    """Encode ``[H, W, 3]`` uint8 RGB pixels as a PNG file (8 bits per channel, no interlace).
+
+    Every row is stored unfiltered and the whole image deflated at zlib ``level``
+    (:data:`PNG_COMPRESSION_LEVEL`); PNG is lossless, so any decoder gives ``pixels`` back.
+
+    Raises:
+        ValueError: if ``pixels`` is not a ``[H, W, 3]`` uint8 array with ``H, W ≥ 1``.
+
+    Example:
+        >>> import io
+        >>> from PIL import Image
+        >>> pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+        >>> decoded = np.asarray(Image.open(io.BytesIO(png_bytes(pixels))))
+        >>> bool((decoded == pixels).all())
+        True
+    """
+    array = pixels.numpy() if isinstance(pixels, Tensor) else np.asarray(pixels)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+        raise ValueError(
+            "Expected argument `pixels` to be a [H, W, 3] uint8 array, but got "
+            f"{array.dtype} of shape {list(array.shape)}."
+        )
+    height, width, _ = array.shape
+    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # a 0 byte per row: no filter
+    rows[:, 1:] = array.reshape(height, 3 * width)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.data, level)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
 
 
 def to_unit_range(images: Tensor) -> Tensor:

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import math
 import threading
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from matplotlib import colormaps
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import (
     STORE_EVERYTHING_SIZE_GUIDANCE,
     EventAccumulator,
 )
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY
-from gan_dissect_callbacks.engines.dissection import DissectionReport, LayerReport, UnitReport
-from gan_dissect_callbacks.reporting.dissection import log_dissection, summarise
+from gan_dissect_callbacks.engines.dissection import (
+    DissectionReport,
+    LayerReport,
+    UnitExamples,
+    UnitReport,
+)
+from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.dissection import log_dissection, summarise, unit_galleries
 from gan_dissect_callbacks.reporting.evolution import (
     NO_LABEL,
     timeline_image,
@@ -111,6 +122,119 @@ def test_log_dissection_writes_one_run_per_layer_and_category_and_closes_its_own
         "dissection/a/interpretable_units": 1.0,  # sky
         "dissection/b/interpretable_units": 1.0,  # tree
     }
+
+
+def report_with_examples(step: int) -> DissectionReport:
+    g = torch.Generator().manual_seed(step)
+    images = torch.rand(8, 3, 12, 12, generator=g) * 2 - 1
+    layers = {"a": layer("a", ["sky", None, "tree", "sky"], [0.3, 0.01, 0.2, 0.25])}
+    examples = [
+        UnitExamples(u, images[2 * u : 2 * u + 2], images[2 * u : 2 * u + 2, 0] > 0)
+        for u in range(4)
+    ]
+    return DissectionReport(
+        layers,
+        SCENE_VOCABULARY,
+        8,
+        0,
+        "quantile",
+        0.99,
+        0.04,
+        [],
+        step=step,
+        examples={"a": examples},
+    )
+
+
+def decoded_images(folder: Path) -> dict[tuple[str, int], np.ndarray]:
+    events = read(folder)
+    return {
+        (tag, event.step): np.asarray(
+            Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")
+        )
+        for tag in events.Tags()["images"]
+        for event in events.Images(tag)
+    }
+
+
+def test_log_dissection_stores_the_very_pixels_add_image_would(tmp_path: Path) -> None:
+    history: list[dict] = []
+    writer = SummaryWriter(str(tmp_path / "ours"))
+    reference = SummaryWriter(str(tmp_path / "add_image"))
+    for step in (0, 5):
+        r = report_with_examples(step)
+        history.append(summarise(r, history[-1] if history else None))
+        log_dissection(writer, r, history[-1], history=history, timeline_units=3)
+        # What log_dissection wrote before it encoded PNGs itself: add_image of float images.
+        for page, gallery in enumerate(unit_galleries(r)["a"]):
+            reference.add_image(f"dissection/a/gallery/{page}", gallery, step)
+        chart = figure_to_image(category_chart(r.layers["a"], SCENE_VOCABULARY))
+        reference.add_image("dissection/a/unit_classes", chart, step)
+        timeline = timeline_image(unit_timeline(history, "a", top_n=3))
+        reference.add_image("dissection/a/unit_timeline", timeline, step)
+    writer.close()
+    reference.close()
+    ours, theirs = decoded_images(tmp_path / "ours"), decoded_images(tmp_path / "add_image")
+    assert sorted(ours) == sorted(theirs) and len(ours) == 2 * (2 + 1 + 1)  # 2 gallery pages
+    for key, pixels in theirs.items():
+        assert np.array_equal(ours[key], pixels), key
+    events = read(tmp_path / "ours")
+    stored = events.Images("dissection/a/gallery/0")[0]
+    assert (stored.height, stored.width) == ours[("dissection/a/gallery/0", 0)].shape[:2]
+
+
+class RecordingWriter:
+    """Not a SummaryWriter: gets the float images through ``add_image``."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, Tensor] = {}
+
+    def add_image(self, tag: str, image: Tensor, global_step: int) -> None:
+        self.images[tag] = image
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass  # scalars, histograms, text: not looked at here
+
+    add_histogram = add_text = add_custom_scalars = add_scalar
+
+
+def test_log_dissection_gives_other_writers_the_float_images() -> None:
+    r = report_with_examples(0)
+    history = [summarise(r)]
+    writer = RecordingWriter()
+    log_dissection(writer, r, history[0], history=history, timeline_units=3)
+    pages = unit_galleries(r)["a"]
+    assert [t for t in writer.images if "/gallery/" in t] == [
+        "dissection/a/gallery/0",
+        "dissection/a/gallery/1",
+    ]
+    assert all(
+        torch.equal(writer.images[f"dissection/a/gallery/{i}"], p) for i, p in enumerate(pages)
+    )
+    chart = figure_to_image(category_chart(r.layers["a"], SCENE_VOCABULARY))
+    assert torch.equal(writer.images["dissection/a/unit_classes"], chart)
+    timeline = timeline_image(unit_timeline(history, "a", top_n=3))
+    assert torch.equal(writer.images["dissection/a/unit_timeline"], timeline)
+
+
+def test_a_summary_writer_with_its_own_add_image_gets_it_called(tmp_path: Path) -> None:
+    class Watermarking(SummaryWriter):
+        def add_image(
+            self, tag: str, img_tensor: Any, global_step: Any = None, *args: Any, **kwargs: Any
+        ) -> None:
+            seen.append((tag, img_tensor.shape[0]))
+            super().add_image(tag, img_tensor, global_step, *args, **kwargs)
+
+    seen: list[tuple[str, int]] = []
+    r = report_with_examples(0)
+    writer = Watermarking(str(tmp_path))
+    log_dissection(writer, r, summarise(r))
+    writer.close()
+    assert seen == [
+        ("dissection/a/unit_classes", 3),
+        ("dissection/a/gallery/0", 3),
+        ("dissection/a/gallery/1", 3),
+    ]
 
 
 def test_log_intervention_writes_one_run_per_concept_and_labels_the_grid(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +13,9 @@ from hypothesis import strategies as st
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from PIL import Image
 from torch import Tensor
+from torch.utils.tensorboard.summary import image as tensorboard_image_summary
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.engines.dissection import (
@@ -20,10 +24,29 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitExamples,
     UnitReport,
 )
-from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.charts import (
+    category_chart,
+    category_chart_pixels,
+    figure_pixels,
+    figure_to_image,
+)
 from gan_dissect_callbacks.reporting.dissection import run_scalars, scalar_values, unit_galleries
-from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
-from gan_dissect_callbacks.reporting.images import to_unit_range
+from gan_dissect_callbacks.reporting.galleries import (
+    GalleryRow,
+    unit_gallery,
+    unit_gallery_pixels,
+    unit_overlay,
+)
+from gan_dissect_callbacks.reporting.images import (
+    image_grid,
+    label_cap_height,
+    label_font,
+    png_bytes,
+    text_band,
+    text_width,
+    to_pixels,
+    to_unit_range,
+)
 from gan_dissect_callbacks.reporting.layouts import (
     ACROSS_LAYERS,
     custom_scalars_layout,
@@ -184,7 +207,8 @@ def test_gallery_cells_are_the_nearest_neighbour_enlarged_overlays() -> None:
     for r, row in enumerate(rows):
         big_images = row.images.repeat_interleave(2, 2).repeat_interleave(2, 3)
         big_masks = row.masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
-        expected = unit_overlay(big_images, big_masks)
+        # ... in the 8-bit colours TensorBoard stores
+        expected = to_pixels(unit_overlay(big_images, big_masks)).float() / 255
         top = r * block + title_height + 2
         for i in range(len(row.images)):
             left = 2 + i * 66
@@ -268,6 +292,78 @@ def test_unit_galleries_draw_the_examples_the_report_carries() -> None:
     assert len(pages) == 2
     assert all(torch.equal(p, unit_gallery([r])) for p, r in zip(pages, rows, strict=True))
     assert unit_galleries(DissectionReport.from_json(report.to_json())) == {}
+
+
+def float_gallery(rows: list[GalleryRow], scale: int) -> Tensor:
+    """The gallery composed in floats, step by step as the docstring says: the reference."""
+    grids = []
+    for row in rows:
+        images = row.images.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+        masks = row.masks.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        overlay = unit_overlay(images, masks)
+        grids.append(image_grid(overlay, nrow=len(overlay), padding=2, signed=False))
+    width = max(g.shape[2] for g in grids)
+    font = label_font(label_cap_height(width))
+    width = max(width, max(text_width(r.title, font) for r in rows) + 4)
+    blocks = []
+    for row, grid in zip(rows, grids, strict=True):
+        blocks.append(text_band(row.title, width, font))
+        pad = torch.ones(3, grid.shape[1], width - grid.shape[2])
+        blocks.append(torch.cat([grid, pad], dim=2))
+    return torch.cat(blocks, dim=1)
+
+
+def tensorboard_pixels(image: Tensor) -> np.ndarray:
+    """What ``SummaryWriter.add_image`` stores for a float ``[3, H, W]`` image, decoded."""
+    png = tensorboard_image_summary("t", image, dataformats="CHW").value[0].image
+    return np.asarray(Image.open(io.BytesIO(png.encoded_image_string)).convert("RGB"))
+
+
+def test_gallery_pixels_are_the_float_gallery_as_tensorboard_stores_it() -> None:
+    rows = [
+        scene_row("layer3 #12 window IoU 0.23", 3, "sky"),
+        scene_row("a title much wider than the two small samples of its row", 2, "house", 16),
+        GalleryRow("", random_images(1, 16, seed=4), random_images(1, 16, seed=5)[:, 0] > 0),
+    ]
+    for scale in (1, 2, 3):
+        pixels = unit_gallery_pixels(rows, scale=scale)
+        reference = float_gallery(rows, scale)
+        assert pixels.dtype == np.uint8 and pixels.shape == (*reference.shape[1:], 3)
+        assert np.array_equal(pixels, tensorboard_pixels(reference))
+        assert torch.equal(
+            unit_gallery(rows, scale=scale), torch.from_numpy(pixels).permute(2, 0, 1) / 255
+        )
+    empty = unit_gallery_pixels([])
+    assert np.array_equal(empty, tensorboard_pixels(unit_gallery([])))
+
+
+def test_to_pixels_is_tensorboards_conversion_of_float_images() -> None:
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 9, 11, generator=g) * 1.4 - 0.2  # out of range too: clipped
+    image[0, 0, :4] = torch.tensor([0.0, 1.0, 0.5, 200 / 255])
+    assert np.array_equal(to_pixels(image).permute(1, 2, 0).numpy(), tensorboard_pixels(image))
+    steps = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_pixels(steps.float() / 255), steps)  # 8-bit colours come back
+
+
+@settings(max_examples=30, deadline=None)
+@given(height=st.integers(1, 40), width=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_png_bytes_decode_to_the_very_pixels(height: int, width: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    pixels[: height // 2] = pixels[:1]  # repeated rows, as in enlarged samples
+    decoded = Image.open(io.BytesIO(png_bytes(pixels)))
+    assert decoded.format == "PNG" and decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded), pixels)
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(png_bytes(torch.from_numpy(pixels))))), pixels
+    )
+
+
+def test_png_bytes_rejects_other_arrays_with_a_message_naming_the_argument() -> None:
+    for bad in (np.zeros((4, 4, 3)), np.zeros((4, 4), np.uint8), np.zeros((0, 4, 3), np.uint8)):
+        with pytest.raises(ValueError, match=r"`pixels` to be a \[H, W, 3\] uint8 array"):
+            png_bytes(bad)
 
 
 # --------------------------------------------------------------------------------- chart
@@ -360,6 +456,31 @@ def test_figure_to_image_draws_the_figure_and_closes_pyplot_figures() -> None:
 def test_figure_to_image_rejects_other_objects() -> None:
     with pytest.raises(ValueError, match=r"`fig` to be a matplotlib Figure, but got Tensor"):
         figure_to_image(torch.zeros(3, 4, 4))  # type: ignore[arg-type]
+
+
+def test_category_chart_pixels_are_the_charts_own_drawn_once_per_data() -> None:
+    layer = chart_layer()
+    pixels = category_chart_pixels(layer, SCENE_VOCABULARY)
+    assert np.array_equal(pixels, figure_pixels(category_chart(layer, SCENE_VOCABULARY)))
+    assert np.array_equal(
+        pixels, tensorboard_pixels(figure_to_image(category_chart(layer, SCENE_VOCABULARY)))
+    )
+    same_data = LayerReport(layer.layer, layer.num_units, list(layer.units), [])
+    assert category_chart_pixels(same_data, SCENE_VOCABULARY) is pixels  # not drawn again
+    assert not pixels.flags.writeable  # shared, so nobody may paint on it
+    relabelled = [unit(0, "tree", 0.1), *layer.units[1:]]
+    other = category_chart_pixels(
+        LayerReport(layer.layer, layer.num_units, relabelled, []), SCENE_VOCABULARY
+    )
+    assert not np.array_equal(other, pixels)
+
+
+def test_figure_pixels_are_tensorboards_pixels_of_figure_to_image() -> None:
+    opaque = Figure(figsize=(1, 1), dpi=20, facecolor=(0.2, 0.4, 0.6))
+    assert np.array_equal(figure_pixels(opaque), tensorboard_pixels(figure_to_image(opaque)))
+    for face in ((0.0, 0.0, 0.0, 0.0), (0.1, 0.5, 0.9, 0.3)):  # transparent: over white
+        fig = Figure(figsize=(1, 1), dpi=20, facecolor=face)
+        assert np.array_equal(figure_pixels(fig), tensorboard_pixels(figure_to_image(fig)))
 
 
 # --------------------------------------------------------------------------------- markdown
