@@ -1132,11 +1132,15 @@ NOTES = [
     "bincount over (combination, unit, bin) per block of units, then a [K, C] matrix product "
     "expands combinations to concepts (exact in float32 below 2^24 pixels). Many distinct "
     "combinations switch to counting (pixel, concept) pairs.",
+    "With the optional numba (the `fast` extra) the CPU counts come from compiled kernels "
+    "(functional/_counting.py): one pass per upsampled value does the grid cell, the table "
+    "lookup and the count, with the units of a block split over threads; the IQR search over "
+    "levels is compiled too. The counts and IQRs are identical to the PyTorch path's.",
     "Work is chunked to ~2^20 values per tensor operation (cache-sized, bounded memory), with "
     "no per-unit or per-concept Python loop; counts are int64 (never bf16).",
     "One segmenter pass per batch serves every dissected layer; one generator pass captures all "
     "layers through forward hooks.",
-    "torch.compile was not tried.",
+    "torch.compile was not tried: on the CPU it needs a C++ compiler at run time.",
 ]
 
 
