@@ -216,7 +216,7 @@ def count_combinations(
         table: int32 lookup table from (unit, grid cell) to (unit, bin).
         combination: ``[P]`` int32 label-combination id of each pixel.
         span: bins per combination.
-        counts: int64 counts, added to in place.
+        counts: int32 or int64 counts, added to in place.
     """
     kernel = _kernel("combinations", _combinations_kernel)
     _run(
@@ -244,8 +244,8 @@ def count_pairs(
         starts: ``[P + 1]`` int64, pixel ``p``'s concepts are ``concepts[starts[p]:starts[p+1]]``.
         concepts: int32 concept index of every (pixel, concept) pair.
         span: bins per concept.
-        alone: int64 ``[span]`` counts per bin, added to in place.
-        joint: int64 ``[C·span]`` counts per (concept, bin), added to in place.
+        alone: int32 or int64 ``[span]`` counts per bin, added to in place.
+        joint: ``[C·span]`` counts per (concept, bin) of the same dtype, added to in place.
     """
     kernel = _kernel("pairs", _pairs_kernel)
     _run(
@@ -255,7 +255,7 @@ def count_pairs(
 
 
 def count_cells(values: Tensor, low: Tensor, high: Tensor, offset: Tensor, counts: Tensor) -> None:
-    """Add one count per value at its (unit, grid cell) index into ``counts`` (int64)."""
+    """Add one count per value at its (unit, grid cell) index into ``counts`` (int32 or int64)."""
     kernel = _kernel("cells", _cells_kernel)
     _run(kernel, values.shape[1], values.numpy(), *_grid(low, high, offset), counts.numpy())
 

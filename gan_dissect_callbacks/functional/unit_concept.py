@@ -522,8 +522,11 @@ def _unit_concept_update(
         low, high, offset = bins.low[start:stop], bins.high[start:stop], bins.offset[start:stop]
         groups = combinations.shape[0] if by_combination else concepts
         if compiled:
-            joint_counts = torch.zeros(groups * span, dtype=torch.int64)
-            alone_counts = torch.zeros(span if concepts else table.numel(), dtype=torch.int64)
+            # A bin counts at most every pixel of the batch: int32 suffices below 2**31 pixels
+            # and makes the kernels' increments ~1.4x faster (half the cache lines).
+            count_dtype = torch.int32 if pixels.shape[0] < 2**31 else torch.int64
+            joint_counts = torch.zeros(groups * span, dtype=count_dtype)
+            alone_counts = torch.zeros(span if concepts else table.numel(), dtype=count_dtype)
         else:
             joint = _Bincount(groups * span, stop - start, device)
             # Without concepts, pixels per grid cell; the table maps cells to bins at the end.
@@ -581,7 +584,7 @@ def _unit_concept_update(
                 concepts, stop - start, num_levels + 1
             ).permute(1, 2, 0)
         else:
-            unit_bins.index_add_(0, table, alone_counts)
+            unit_bins.index_add_(0, table, alone_counts.long())
     out.concept_pixels.add_(concept_pixels)
     out.num_pixels.add_(pixels.shape[0])
     out.num_samples.add_(batch)
