@@ -35,7 +35,12 @@ without the callback. A failing analysis warns and training goes on, unless
 ``raise_on_error=True``. Under DDP the analysis runs on rank 0 and its decision is broadcast, so
 every rank applies the same mask; only rank 0 writes.
 
-**Real images**: see :mod:`~gan_dissect_callbacks.callbacks._real_images`.
+**Real images**: see :mod:`~gan_dissect_callbacks.callbacks._real_images`. The SWD's real side
+(their descriptors, directions and sorted projections,
+:func:`~gan_dissect_callbacks.engines.artifacts.prepare_real`) is made at the first check and kept
+for every later one: ``L × num_projections × num_real × num_descriptors_per_image`` float32 values
+for ``L`` pyramid levels, 128 MiB at 32 px with the defaults. Unit scores use its first
+``score_projections`` directions, the verifications all ``num_projections``.
 
 Example:
     >>> callback = ArtifactPruningCallback("generator.layer3", every_n_train_steps=500, prune=True)
@@ -75,7 +80,9 @@ from gan_dissect_callbacks.engines.artifacts import (
     MASK_STATE_KEY,
     AblationResult,
     PruningMask,
+    RealSide,
     UnitArtifactScores,
+    prepare_real,
     score_units,
     verify_ablation,
 )
@@ -117,7 +124,12 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         batch_size: images per forward pass.
         seed: seed of the analyses' latents (the same samples at every check).
         num_descriptors_per_image: SWD neighbourhoods per image per level (paper: 128).
-        num_projections: SWD random directions per level (paper: 512).
+        num_projections: SWD random directions per level of the verifications (paper: 512).
+        score_projections: SWD random directions per level of the unit scores. A unit's score
+            pairs its top images with their ablated twins on the same directions, so fewer
+            suffice: on the toy GAN the scores at 128 and at 512 directions differ by less than
+            half of what another latent seed changes. The first of the verification's directions
+            are used (at most ``num_projections`` of them).
         num_images: images in the before/after grids (0: no grids).
         name: the analysis's name: tag prefix and report folder (default ``"artifacts"``); give
             each of several callbacks its own (it then enters ``state_key`` too).
@@ -161,6 +173,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         seed: int = 0,
         num_descriptors_per_image: int = 128,
         num_projections: int = 512,
+        score_projections: int = 128,
         num_images: int = 8,
         name: str | None = None,
         generator: str | nn.Module | None = None,
@@ -193,6 +206,10 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             num_descriptors_per_image, "num_descriptors_per_image"
         )
         num_projections = check_int(num_projections, "num_projections")
+        # Never more than the verification's: the scores use the first of its directions.
+        self.score_projections = min(
+            check_int(score_projections, "score_projections"), num_projections
+        )
         self.num_seeds = check_int(num_seeds, "num_seeds", minimum=2)
         self.num_images = check_int(num_images, "num_images", minimum=0)
         self.num_real = check_int(num_real, "num_real", optional=True) or num_samples
@@ -225,6 +242,8 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         self.last_scores: UnitArtifactScores | None = None
         self.last_ablation: AblationResult | None = None
         self._real: Tensor | None = None
+        #: The SWD's real side (sorted projections of the real images), made at the first check.
+        self._real_side: RealSide | None = None
 
     @property
     def state_key(self) -> str:
@@ -309,6 +328,14 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             )
         real = self._real
         common = self._analysis_kwargs()
+        if self._real_side is None:
+            self._real_side = prepare_real(
+                real,
+                seed=self.seed,
+                num_descriptors_per_image=self.num_descriptors_per_image,
+                num_projections=self.num_projections,
+            )
+        side = self._real_side
         entry: dict[str, Any] = {"step": step, "rolled_back": [], "mask_check": None}
 
         pruned = self.mask.units(self.layer)
@@ -317,7 +344,13 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             self.mask.remove()
             try:
                 kept = verify_ablation(
-                    g, self.layer, pruned, real, num_seeds=self.num_seeds, **common
+                    g,
+                    self.layer,
+                    pruned,
+                    real,
+                    num_seeds=self.num_seeds,
+                    real_side=side,
+                    **common,
                 )
             finally:
                 self.mask.apply(g.module)
@@ -339,7 +372,8 @@ class ArtifactPruningCallback(ScheduledAnalysis):
                 exclude=sorted(set(pruned) | set(entry["rolled_back"])),
                 step=step,
                 keep_images=bool(tensorboard_writers(trainer)),  # for the candidates grid
-                **common,
+                real_side=side if self.method != "discriminator" else None,
+                **{**common, "num_projections": self.score_projections},
             )
             cap = (
                 self.max_pruned_units
@@ -354,6 +388,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
                 real,
                 num_seeds=self.num_seeds,
                 num_examples=self.num_images,
+                real_side=side,
                 **common,
             )
         accepted = ablation.is_real(self.min_improvement, self.num_se)

@@ -48,6 +48,9 @@ class QualityMonitor(ScheduledAnalysis):
     Every check uses the same seeded latents. Computed and logged on rank 0 only; no JSON.
     The real side of the SWD is made once and kept: the real descriptors, and their sorted
     projections (64 MiB per pyramid level at the defaults), which are half of a check's sorting.
+    Beyond that fixed cost a check holds the generated images' descriptors (``num_samples × 128``
+    per level), one normalised copy of a level's set and the projections of 128 directions at a
+    time; later checks sort only the generated side.
 
     Args:
         real_images: real images (see :mod:`~gan_dissect_callbacks.callbacks._real_images`);

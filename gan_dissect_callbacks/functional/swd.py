@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ __all__ = [
 _PROJECTIONS_PER_CHUNK = 128
 
 _BINOMIAL_5 = (1.0, 4.0, 6.0, 4.0, 1.0)
+
+#: Longest run of gaps summed in float32 before the runs are summed in float64.
+_FLOAT32_RUN = 64
 
 #: Below this many values one thread sorts faster than starting several.
 _PARALLEL_SORT_ELEMENTS = 1 << 20
@@ -271,7 +275,7 @@ def normalize_descriptors(descriptors: Tensor) -> Tensor:
         )
     mean = descriptors.mean(dim=(0, 2, 3), keepdim=True)
     std = descriptors.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
-    return (descriptors - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    return (descriptors - mean).div_(torch.where(std > 0, std, torch.ones_like(std)))
 
 
 def random_directions(
@@ -318,13 +322,18 @@ def _quantile_segments(n: int, m: int, device: torch.device) -> tuple[Tensor, Te
     return index_a, index_b, lengths
 
 
-def sort_rows(x: Tensor) -> Tensor:
+def sort_rows(x: Tensor, *, inplace: bool = False) -> Tensor:
     """The values of ``x`` sorted along its last dimension (ascending).
 
     The SWD's cost is in these sorts. On the CPU NumPy's vectorised sort returns the very same
     values as ``torch.sort`` several times faster (it computes no indices), with large tensors
     split by rows over ``torch.get_num_threads()`` threads; elsewhere, and for tensors that need
     gradients, it is ``torch.sort``.
+
+    Args:
+        x: the tensor to sort.
+        inplace: sort the rows of ``x`` itself (a contiguous CPU tensor nobody else reads) and
+            return it, sparing a copy of the size of ``x``.
 
     Example:
         >>> sort_rows(torch.tensor([[3.0, 1.0, 2.0], [0.0, -1.0, 5.0]]))
@@ -333,7 +342,8 @@ def sort_rows(x: Tensor) -> Tensor:
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
         return x.sort(dim=-1).values
-    out = x.numpy().copy(order="C")
+    own = inplace and x.is_contiguous()
+    out = x.numpy() if own else x.numpy().copy(order="C")
     if out.ndim == 0 or out.size == 0:
         return torch.from_numpy(out)
     rows = out.reshape(-1, out.shape[-1])  # a view: the rows are sorted in place
@@ -344,7 +354,7 @@ def sort_rows(x: Tensor) -> Tensor:
         bounds = np.linspace(0, rows.shape[0], threads + 1).astype(int)
         with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL while it sorts
             list(pool.map(lambda i: rows[bounds[i] : bounds[i + 1]].sort(axis=-1), range(threads)))
-    return torch.from_numpy(out)
+    return x if own else torch.from_numpy(out)
 
 
 def sorted_projections(points: Tensor, directions: Tensor) -> list[Tensor]:
@@ -380,17 +390,26 @@ def sliced_wasserstein_sorted(sorted_a: list[Tensor], sorted_b: list[Tensor]) ->
     """
     n, m = sorted_a[0].shape[1], sorted_b[0].shape[1]
     total = torch.zeros((), dtype=torch.float64, device=sorted_a[0].device)
-    if n == m:
-        # Both quantile functions step at the same points: W1 is the mean gap of sorted values.
-        for proj_a, proj_b in zip(sorted_a, sorted_b, strict=True):
-            total += (proj_a - proj_b).abs().double().sum() / n
-    else:
-        index_a, index_b, lengths = _quantile_segments(n, m, sorted_a[0].device)
-        for proj_a, proj_b in zip(sorted_a, sorted_b, strict=True):
-            gaps = (proj_a[:, index_a] - proj_b[:, index_b]).abs().double()
-            total += (gaps * lengths).sum()
+    segments = None if n == m else _quantile_segments(n, m, sorted_a[0].device)
+    for proj_a, proj_b in zip(sorted_a, sorted_b, strict=True):
+        total += _sorted_w1_sum(proj_a, proj_b, segments)
     num_projections = sum(chunk.shape[0] for chunk in sorted_a)
     return (total / num_projections).to(sorted_a[0].dtype)
+
+
+def _sorted_w1_sum(
+    proj_a: Tensor, proj_b: Tensor, segments: tuple[Tensor, Tensor, Tensor] | None
+) -> Tensor:
+    """Sum over rows (directions) of the exact W1 of two row-sorted chunks ``[P, N]``, ``[P, M]``.
+
+    ``segments`` is :func:`_quantile_segments` of ``(N, M)``, or ``None`` when ``N == M``.
+    """
+    if segments is None:
+        # Both quantile functions step at the same points: W1 is the mean gap of sorted values.
+        return (proj_a - proj_b).abs().double().sum() / proj_a.shape[1]
+    index_a, index_b, lengths = segments
+    gaps = (proj_a[:, index_a] - proj_b[:, index_b]).abs().double()
+    return (gaps * lengths).sum()
 
 
 def sliced_wasserstein(
@@ -488,6 +507,9 @@ def swd_from_descriptors(
     :func:`sliced_wasserstein`; levels are processed in the mapping's order, each drawing its own
     directions from ``generator``.
 
+    Memory: besides the two normalised sets of a level, only the projections of one chunk of 128
+    directions exist at a time (``128 × (N + M)`` values), whatever ``num_projections``.
+
     Args:
         real_descriptors: resolution → ``[N, C, p, p]`` descriptors of real images.
         fake_descriptors: resolution → ``[M, C, p, p]`` descriptors of generated images; same keys.
@@ -509,16 +531,32 @@ def swd_from_descriptors(
     generator = _default_generator(generator)
     per_level = {}
     for resolution, real in real_descriptors.items():
-        a = normalize_descriptors(real).flatten(1)
-        b = normalize_descriptors(fake_descriptors[resolution]).flatten(1).to(a.dtype)
-        directions = random_directions(a.shape[1], num_projections, generator)
-        sorted_a = (
-            sorted_projections(a, directions)
-            if real_projections is None
-            else real_projections[resolution]
-        )
-        sorted_b = sorted_projections(b, directions)
-        per_level[resolution] = sliced_wasserstein_sorted(sorted_a, sorted_b) * 1e3
+        # With the real projections given, the real set itself is not needed any more.
+        a = normalize_descriptors(real).flatten(1) if real_projections is None else None
+        dtype = real.dtype if a is None else a.dtype
+        b = normalize_descriptors(fake_descriptors[resolution]).flatten(1).to(dtype)
+        directions = random_directions(b.shape[1], num_projections, generator).to(b)
+        n, m = real.shape[0], b.shape[0]
+        segments = None if n == m else _quantile_segments(n, m, b.device)
+        total = torch.zeros((), dtype=torch.float64, device=b.device)
+        # One chunk of directions at a time: only [chunk, N + M] projections exist at once.
+        for i, chunk in enumerate(directions.T.split(_PROJECTIONS_PER_CHUNK)):
+            if a is not None:
+                sorted_a = sort_rows(chunk @ a.T, inplace=True)
+            else:
+                assert real_projections is not None
+                sorted_a = real_projections[resolution][i]
+            sorted_b = sort_rows(chunk @ b.T, inplace=True)
+            if segments is None:
+                # The fresh chunk takes the gaps in place; they are summed in float32 in runs of
+                # at most 64 values (within 1e-6 of a float64 sum), the runs in float64.
+                gaps = sorted_b.sub_(sorted_a).abs_().view(-1, math.gcd(n, _FLOAT32_RUN))
+                total += gaps.sum(dim=1).sum(dtype=torch.float64) / n
+            else:
+                total += _sorted_w1_sum(sorted_a, sorted_b, segments)
+            del sorted_a
+        per_level[resolution] = (total / num_projections).to(dtype) * 1e3
+        del a, b
     average = torch.stack(list(per_level.values())).mean()
     return SlicedWassersteinResult(per_level=per_level, average=average)
 

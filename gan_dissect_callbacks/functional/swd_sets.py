@@ -38,7 +38,6 @@ from gan_dissect_callbacks.functional.swd import (
     random_directions,
     sample_descriptors,
     sort_rows,
-    sorted_projections,
 )
 
 __all__ = [
@@ -53,6 +52,8 @@ __all__ = [
     "unit_swd_scores",
 ]
 
+#: Directions projected and sorted at a time when the real side is made.
+_PROJECTIONS_PER_CHUNK = 128
 #: Side of a descriptor (a neighbourhood of one pyramid level), as in Progressive GAN.
 PATCH_SIZE = 7
 #: The coarsest pyramid level.
@@ -100,7 +101,7 @@ def _normalize_sets(sets: Tensor, channels: int) -> Tensor:
     x = sets.reshape(s, m, channels, -1)
     mean = x.mean(dim=(1, 3), keepdim=True)
     std = x.std(dim=(1, 3), keepdim=True, unbiased=False)
-    return ((x - mean) / torch.where(std > 0, std, torch.ones_like(std))).reshape(s, m, -1)
+    return (x - mean).div_(torch.where(std > 0, std, torch.ones_like(std))).reshape(s, m, -1)
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,13 @@ def sort_real(
     projections, level_directions = {}, {}
     for resolution, real in real_descriptors.items():
         flat = normalize_descriptors(real.float()).flatten(1)
-        level_directions[resolution] = directions[resolution].to(flat)
-        projections[resolution] = torch.cat(sorted_projections(flat, level_directions[resolution]))
+        level_directions[resolution] = d = directions[resolution].to(flat)
+        # Sorted chunk by chunk into place: no list of chunks beside the result.
+        out = flat.new_empty(d.shape[1], flat.shape[0])
+        for first in range(0, d.shape[1], _PROJECTIONS_PER_CHUNK):
+            chunk = d[:, first : first + _PROJECTIONS_PER_CHUNK]
+            out[first : first + chunk.shape[1]] = sort_rows(chunk.T @ flat.T, inplace=True)
+        projections[resolution] = out
     channels = next(iter(real_descriptors.values())).shape[1]
     return SortedReal(level_directions, projections, channels)
 
@@ -151,31 +157,56 @@ def _batched_sliced_w1(real_sorted: Tensor, sets: Tensor, directions: Tensor) ->
     ``directions``. Equals :func:`~gan_dissect_callbacks.functional.swd.sliced_wasserstein` of the
     real set and ``sets[s]`` with the same directions, for every ``s``. When ``M`` divides ``N``
     (verification: ``M == N``; unit scoring: ``N = 16 M``) it is the mean gap between each real
-    value and the set value of the same quantile. Otherwise, at a cost that does not grow with
-    ``S · N``: along one direction the exact ``∫₀¹ |F_a⁻¹(t) − F_b⁻¹(t)| dt`` splits into the
-    ``M`` pieces where the set's quantile function ``F_a⁻¹`` is the constant ``a_i``; on each the
-    real quantile function is integrated in closed form from its running integral
+    value and the set value of the same quantile, summed block by block of ``N / M`` real values
+    in closed form where the set value lies outside the block. Otherwise, at a cost that does not
+    grow with ``S · N``: along one direction the exact ``∫₀¹ |F_a⁻¹(t) − F_b⁻¹(t)| dt`` splits
+    into the ``M`` pieces where the set's quantile function ``F_a⁻¹`` is the constant ``a_i``; on
+    each the real quantile function is integrated in closed form from its running integral
     ``G(t) = ∫₀ᵗ F_b⁻¹``, cut where it crosses ``a_i`` (found by a binary search).
     """
     n, (s, m, _) = real_sorted.shape[1], sets.shape
     num_projections = directions.shape[1]
     total = torch.zeros(s, dtype=torch.float64, device=real_sorted.device)
-    if n % m == 0 and n // m <= _MAX_DIRECT_RATIO:
-        # Each a_i faces exactly r = N / M real values: W1 = mean_j |a_(j // r) − b_j|, a sum of
-        # S · N gaps per direction, cheaper than the search below while r is small.
-        r = n // m
+    if n == m:
+        # Both quantile functions step at the same points: W1 = mean_j |a_j − b_j|.
         # Gaps are summed in float32 in runs of at most 64 (well within 1e-5), the runs in float64.
-        run = r * math.gcd(m, max(1, _FLOAT32_RUN // r))
+        run = math.gcd(m, _FLOAT32_RUN)
         per_chunk = max(1, min(num_projections, _BLOCK_ELEMENTS // (n * s)))
         set_chunk = max(1, min(s, _BLOCK_ELEMENTS // (per_chunk * n)))
         for first in range(0, num_projections, per_chunk):
             chunk = directions[:, first : first + per_chunk]
-            blocks = real_sorted[first : first + per_chunk].view(1, -1, m, r)
+            b = real_sorted[first : first + per_chunk].unsqueeze(0)
             for start in range(0, s, set_chunk):
                 # [S', P', M]: rows of one set and one direction are contiguous for the sort.
-                a = sort_rows(chunk.T @ sets[start : start + set_chunk].transpose(1, 2))
-                gaps = (a[..., None] - blocks).abs_().view(*a.shape[:2], -1, run).sum(dim=3)
+                a = sort_rows(
+                    chunk.T @ sets[start : start + set_chunk].transpose(1, 2), inplace=True
+                )
+                gaps = a.sub_(b).abs_().view(*a.shape[:2], -1, run).sum(dim=3)
                 total[start : start + set_chunk] += gaps.sum(dim=(1, 2), dtype=torch.float64) / n
+        return (total / num_projections).to(real_sorted.dtype)
+    if n % m == 0 and n // m <= _MAX_DIRECT_RATIO:
+        # Each a_i faces the block of r = N / M real values b_(ri) … b_(ri + r − 1), and
+        # W1 = Σ_i Σ_block |a_i − b_j| / N. Outside the block's range that sum is |r·a_i − Σ block|;
+        # only the few a_i that fall inside their block need the gaps one by one.
+        r = n // m
+        per_chunk = max(1, min(num_projections, _BLOCK_ELEMENTS // (n + m * s)))
+        set_chunk = max(1, min(s, _BLOCK_ELEMENTS // (per_chunk * m)))
+        for first in range(0, num_projections, per_chunk):
+            chunk = directions[:, first : first + per_chunk]
+            blocks = real_sorted[first : first + per_chunk].reshape(-1, m, r)  # [P', M, r]
+            block_sums = blocks.sum(dim=2, dtype=torch.float64).to(blocks.dtype)
+            low, high = blocks[..., 0], blocks[..., -1]
+            for start in range(0, s, set_chunk):
+                a = sort_rows(
+                    chunk.T @ sets[start : start + set_chunk].transpose(1, 2), inplace=True
+                )
+                inside = ((a > low) & (a < high)).nonzero(as_tuple=True)
+                gaps = (a[inside][:, None] - blocks[inside[1], inside[2]]).abs_().sum(dim=1)
+                sums = a.mul_(r).sub_(block_sums).abs_()  # [S', P', M]
+                sums.index_put_(inside, gaps)
+                # Sums of up to M values in float32 (pairwise: within 1e-6), the rest in float64.
+                per_set = sums.sum(dim=2).sum(dim=1, dtype=torch.float64)
+                total[start : start + set_chunk] += per_set / n
         return (total / num_projections).to(real_sorted.dtype)
     per_chunk = max(1, min(num_projections, _BLOCK_ELEMENTS // (n + m * s)))
     set_chunk = max(1, min(s, _BLOCK_ELEMENTS // (per_chunk * m)))

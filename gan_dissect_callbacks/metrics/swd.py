@@ -288,7 +288,9 @@ class SlicedWassersteinDistance(Metric):
             super().reset()
             return
         names = ["real_images_seen", *(f"real_descriptors_{r}" for r in self.resolutions)]
-        kept = {name: getattr(self, name).clone() for name in names}
+        # Metric.reset puts fresh tensors in place and leaves the old ones as they are, so the real
+        # states are kept as they are, without a copy.
+        kept = {name: getattr(self, name) for name in names}
         super().reset()
         for name, value in kept.items():
             setattr(self, name, value)

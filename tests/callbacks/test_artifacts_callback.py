@@ -250,6 +250,32 @@ def test_the_pruning_budget_caps_the_candidates(tmp_path) -> None:
     assert len(callback.history[0]["candidates"]) == 1
 
 
+def test_the_real_side_is_made_at_the_first_check_and_kept_for_the_next(
+    tmp_path, monkeypatch
+) -> None:
+    import gan_dissect_callbacks.callbacks.artifact_pruning as module
+
+    made = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        made.append(module_prepare(*args, **kwargs))
+        return made[-1]
+
+    module_prepare = module.prepare_real
+    monkeypatch.setattr(module, "prepare_real", counted)
+    callback = ArtifactPruningCallback(
+        LAYER, every_n_train_steps=1, num_samples=16, top_k=2, num_seeds=2, **FAST,
+        max_overhead=None,
+    )  # fmt: skip
+    fit(tmp_path, tiny_gan(), [callback], batches=2, logger=False)
+    assert len(callback.history) == 2 and len(made) == 1
+    assert callback._real_side is made[0]
+    # One side serves both steps; the scores' 128 directions are capped at the verification's.
+    assert made[0].num_projections == FAST["num_projections"] == callback.score_projections
+    wider = ArtifactPruningCallback(LAYER, num_projections=512, score_projections=128)
+    assert wider.score_projections == 128
+
+
 def test_the_candidates_grid_shows_the_scored_top_images_without_running_the_model(
     pruned_run,
 ) -> None:
@@ -467,6 +493,7 @@ def test_environment_problems_are_raised_in_setup(tmp_path) -> None:
         ({"max_pruned_units": -1}, "max_pruned_units"),
         ({"name": ""}, "name"),
         ({"num_images": -1}, "num_images"),
+        ({"score_projections": 0}, "score_projections"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:

@@ -23,9 +23,11 @@ from gan_dissect_callbacks.demos.scenes import render_scenes
 from gan_dissect_callbacks.engines.artifacts import (
     AblationResult,
     PruningMask,
+    RealSide,
     UnitArtifactScores,
     apply_pruning_from_checkpoint,
     find_artifact_units,
+    prepare_real,
     score_units,
     scoring,
     verify_ablation,
@@ -34,8 +36,11 @@ from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.sampling import iterate_samples
 from gan_dissect_callbacks.functional.swd import (
     laplacian_pyramid,
+    normalize_descriptors,
     random_directions,
     sample_descriptors,
+    sliced_wasserstein_sorted,
+    sorted_projections,
     swd_from_descriptors,
 )
 from gan_dissect_callbacks.instrumentation import UnitEdit, capture_activations, edit_activations
@@ -306,37 +311,56 @@ def test_generated_images_of_another_size_are_refused() -> None:
 
 
 def _reference_swd_pair(
-    model: nn.Module, units: list[int], real: Tensor, seed: int, n: int, per_image: int, p: int
+    model: nn.Module,
+    units: list[int],
+    real: Tensor,
+    first_seed: int,
+    repetition: int,
+    n: int,
+    per_image: int,
+    p: int,
 ) -> tuple[float, float]:
-    """SWD without/with the ablation, rebuilt from public functions on regenerated images."""
+    """SWD without/with the ablation, rebuilt from public functions on regenerated images.
+
+    The real side is drawn from the first seed's generator (descriptors, then each level's
+    directions); the first repetition's positions continue that generator, the others start
+    their own seed's.
+    """
+    seed = first_seed + repetition
     z = torch.cat([b.latents for b in iterate_samples(_normal, n, 4, seed=seed)])
     with torch.no_grad():
         plain = model(z)
         with edit_activations(model, {"features": UnitEdit.ablation(units, 6)}):
             ablated = model(z)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(first_seed)
     real_d = _descriptors(real, per_image, g)
+    directions = g.get_state()
+    for _ in real_d:  # swd_from_descriptors draws these directions again from `directions`
+        random_directions(147, p, g)
+    if repetition:
+        g = torch.Generator().manual_seed(seed)
     rewind = g.get_state()
     fake_d = _descriptors(plain, per_image, g)
-    after = g.get_state()
-    without = swd_from_descriptors(real_d, fake_d, p, g).average.item()
     g.set_state(rewind)
     ablated_d = _descriptors(ablated, per_image, g)
-    assert torch.equal(g.get_state(), after)
-    with_ = swd_from_descriptors(real_d, ablated_d, p, g).average.item()
-    return without, with_
+    assert not torch.equal(g.get_state(), rewind)
+    values = []
+    for fake in (fake_d, ablated_d):
+        g.set_state(directions)
+        values.append(swd_from_descriptors(real_d, fake, p, g).average.item())
+    return values[0], values[1]
 
 
 def test_verified_ablation_equals_the_swd_recomputed_by_hand_for_every_seed() -> None:
     model, real = Painter(planted=(2,)), painter_real(12)
     result = verify_ablation(
-        model, "features", [2, 4], real, num_samples=10, num_seeds=2, seed=7, batch_size=4,
+        model, "features", [2, 4], real, num_samples=10, num_seeds=3, seed=7, batch_size=4,
         num_descriptors_per_image=8, num_projections=16,
     )  # fmt: skip
-    assert result.seeds == [7, 8]
+    assert result.seeds == [7, 8, 9]
     assert result.units == [2, 4]
-    for i, seed in enumerate(result.seeds):
-        without, with_ = _reference_swd_pair(model, [2, 4], real, seed, 10, 8, 16)
+    for i in range(3):
+        without, with_ = _reference_swd_pair(model, [2, 4], real, 7, i, 10, 8, 16)
         assert result.swd[i] == pytest.approx(without, rel=1e-5)
         assert result.swd_ablated[i] == pytest.approx(with_, rel=1e-5)
 
@@ -560,3 +584,80 @@ def test_planted_artifact_units_are_ranked_first_and_pruning_them_improves_swd()
     )  # fmt: skip
     print("clean GAN: suspects", suspects.top(3), "improvements", check.improvements)
     assert not check.is_real()
+
+
+# ---------------------------------------------------------------------------------- real side
+
+
+def test_a_kept_real_side_gives_exactly_the_scores_and_ablation_made_without_it() -> None:
+    model, real = Painter(planted=(2,)), painter_real(16)
+    common = {"num_samples": 12, "seed": 3, **SMALL}
+    side = prepare_real(real, seed=3, **SMALL)
+    assert isinstance(side, RealSide)
+    for method in ("swd", "swd_ablation"):
+        fresh = score_units(model, "features", real, method=method, top_k=3, **common)
+        kept = score_units(
+            model, "features", real, method=method, top_k=3, real_side=side, **common
+        )
+        assert kept.scores == fresh.scores and kept.baseline == fresh.baseline
+    fresh_ablation = verify_ablation(model, "features", [2], real, num_seeds=2, **common)
+    kept_ablation = verify_ablation(
+        model, "features", [2], real, num_seeds=2, real_side=side, **common
+    )
+    assert kept_ablation == fresh_ablation
+    search = find_artifact_units(
+        model, "features", real, top_n=1,
+        score_kwargs={"top_k": 3, **common}, verify_kwargs={"num_seeds": 2, **common},
+    )  # fmt: skip
+    assert search.scores.scores == fresh.scores
+    assert (
+        search.ablation.swd
+        == verify_ablation(model, "features", search.units, real, num_seeds=2, **common).swd
+    )
+
+
+def test_a_real_side_made_for_other_images_or_settings_is_refused() -> None:
+    model, real = Painter(), painter_real(8)
+    side = prepare_real(real, seed=0, **SMALL)
+    with pytest.raises(ValueError, match=r"projections\) \(1, 16, 32\), but it was made for"):
+        score_units(
+            model, "features", real, num_samples=4, top_k=1, real_side=side, seed=1, **SMALL
+        )
+    with pytest.raises(ValueError, match=r"made for other real images\. Make it with prepare_real"):
+        verify_ablation(model, "features", [1], -real, num_samples=4, real_side=side, **SMALL)
+    with pytest.raises(TypeError, match="`real_side` to be a RealSide made by prepare_real"):
+        verify_ablation(
+            model,
+            "features",
+            [1],
+            real,
+            num_samples=4,
+            real_side="side",  # type: ignore[arg-type]
+        )
+
+
+def test_a_real_side_with_more_directions_serves_with_its_first_ones() -> None:
+    model, real = Painter(planted=(2,)), painter_real(12)
+    side = prepare_real(real, seed=7, num_descriptors_per_image=8, num_projections=40)
+    result = verify_ablation(
+        model, "features", [2], real, num_samples=10, num_seeds=2, seed=7, batch_size=4,
+        num_descriptors_per_image=8, num_projections=16, real_side=side,
+    )  # fmt: skip
+    # By hand: the real side's first 16 directions of each level, the positions as documented.
+    g = torch.Generator().manual_seed(7)
+    real_d = _descriptors(real, 8, g)
+    directions = {r: random_directions(147, 40, g)[:, :16] for r in real_d}
+    for i, latent_seed in enumerate([7, 8]):
+        z = torch.cat([b.latents for b in iterate_samples(_normal, 10, 4, seed=latent_seed)])
+        with torch.no_grad():
+            plain = model(z)
+        positions = g if i == 0 else torch.Generator().manual_seed(latent_seed)
+        fake_d = _descriptors(plain, 8, positions)
+        levels = []
+        for r, d in directions.items():
+            a = normalize_descriptors(real_d[r]).flatten(1)
+            b = normalize_descriptors(fake_d[r]).flatten(1)
+            levels.append(
+                sliced_wasserstein_sorted(sorted_projections(a, d), sorted_projections(b, d))
+            )
+        assert result.swd[i] == pytest.approx(float(sum(levels) / len(levels)) * 1e3, rel=1e-5)

@@ -405,3 +405,41 @@ def test_swd_rejects_mismatched_images() -> None:
         swd(torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 64, 64))
     with pytest.raises(ValueError, match=r"`fake_images` to have shape"):
         swd(torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 32, 30))
+
+
+@pytest.mark.parametrize("sizes", [(300, 300), (300, 120), (37, 301)])
+def test_swd_chunked_over_directions_equals_sorting_every_projection_at_once(
+    sizes: tuple[int, int],
+) -> None:
+    # swd_from_descriptors sorts one chunk of directions at a time (and sums equal-size gaps in
+    # float32 runs); the value must be that of sorting all projections first, to float rounding.
+    from gan_dissect_callbacks.functional.swd import (
+        sliced_wasserstein_sorted,
+        sorted_projections,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    n, m = sizes
+    real = {32: torch.randn(n, 3, 7, 7, generator=g), 16: torch.randn(n, 3, 7, 7, generator=g)}
+    fake = {r: torch.randn(m, 3, 7, 7, generator=g) ** 3 for r in real}
+    got = swd_from_descriptors(real, fake, 300, torch.Generator().manual_seed(5))  # 3 chunks
+    directions = torch.Generator().manual_seed(5)
+    for resolution in real:
+        a = normalize_descriptors(real[resolution]).flatten(1)
+        b = normalize_descriptors(fake[resolution]).flatten(1)
+        d = random_directions(147, 300, directions)
+        whole = sliced_wasserstein_sorted(sorted_projections(a, d), sorted_projections(b, d))
+        assert got.per_level[resolution].item() == pytest.approx((whole * 1e3).item(), rel=1e-6)
+
+
+def test_sort_rows_in_place_sorts_the_tensor_itself_and_copies_otherwise() -> None:
+    x = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
+    expected = x.sort(dim=-1).values
+    assert torch.equal(sort_rows(x), expected) and not torch.equal(x, expected)  # x untouched
+    same = sort_rows(x, inplace=True)
+    assert same is x and torch.equal(x, expected)
+    y = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
+    view = y.T  # not contiguous: sorted into a copy, the view left as it was
+    before = view.clone()
+    assert torch.equal(sort_rows(view, inplace=True), before.sort(dim=-1).values)
+    assert torch.equal(view, before)

@@ -120,3 +120,38 @@ def test_sets_of_the_real_size_or_another_equal_the_plain_swd_of_each_set(
         own = {r: f[i].view(m, 3, 7, 7) for r, f in fakes.items()}
         expected = swd_from_descriptors(real, own, 9, torch.Generator().manual_seed(seed))
         assert got[i].item() == pytest.approx(expected.average.item(), rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.parametrize("r", [2, 16, 32])
+def test_blocks_of_real_values_give_the_brute_force_w1_with_ties_and_values_on_block_edges(
+    r: int,
+) -> None:
+    # Integer-valued points put many set values exactly on, or strictly inside, their block of
+    # r real values: the closed form (outside the block) and the gap-by-gap sum (inside) meet.
+    g = torch.Generator().manual_seed(r)
+    m, sets = 24, 3
+    real = torch.randint(-4, 5, (r * m, 1), generator=g).float()
+    fakes = torch.randint(-5, 6, (sets, m, 1), generator=g).float()
+    fakes[0] = real[::r]  # every value on a block edge
+    directions = torch.tensor([[1.0, -1.0]])
+    real_sorted = torch.cat(sorted_projections(real, directions))
+    got = swd_sets._batched_sliced_w1(real_sorted, fakes, directions)
+    for s in range(sets):
+        # Brute force: repeat each set value r times and take the mean gap of sorted values.
+        per_direction = []
+        for p in range(2):
+            a = (fakes[s, :, 0] * directions[0, p]).sort().values.repeat_interleave(r)
+            b = (real[:, 0] * directions[0, p]).sort().values
+            per_direction.append((a - b).abs().double().mean())
+        assert got[s].item() == pytest.approx(float(sum(per_direction) / 2), rel=1e-6, abs=1e-9)
+
+
+def test_the_real_side_sorted_into_place_equals_the_sorted_projections_of_every_chunk() -> None:
+    g = torch.Generator().manual_seed(0)
+    real = {16: torch.randn(70, 3, 7, 7, generator=g)}
+    directions = draw_directions(real, 300, g)  # three chunks, the last one short
+    from gan_dissect_callbacks.functional.swd import normalize_descriptors
+
+    flat = normalize_descriptors(real[16]).flatten(1)
+    expected = torch.cat(sorted_projections(flat, directions[16]))
+    assert torch.equal(sort_real(real, directions).projections[16], expected)

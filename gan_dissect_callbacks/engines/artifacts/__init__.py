@@ -26,11 +26,14 @@ engine automates it in three steps, none of which needs Lightning:
    hook that calls ``apply_unit_edit``; saved as plain values, re-installed on a freshly loaded
    model with :func:`apply_pruning_from_checkpoint`.
 
-:func:`find_artifact_units` runs steps 1 and 2 in one call. Each step has its module:
-:mod:`.scoring`, :mod:`.verification`, :mod:`.pruning`. Every pass runs inside
-:meth:`~gan_dissect_callbacks.engines.generator.AnalysedGenerator.harmless` (latents from
-their own seeded generator, the global RNG forked, eval mode with each submodule's mode restored,
-no gradients), so it can run in the middle of training without changing it.
+:func:`find_artifact_units` runs steps 1 and 2 in one call. Both steps compare with one real
+side (the real descriptors, directions and sorted projections of the analysis's seed,
+:func:`prepare_real`), made once; a caller that checks again keeps it and passes
+``real_side=``. Each step has its module: :mod:`.scoring`, :mod:`.verification`,
+:mod:`.pruning`. Every pass runs inside
+:meth:`~gan_dissect_callbacks.engines.generator.AnalysedGenerator.harmless` (latents from their
+own seeded generator, the global RNG forked, eval mode with each submodule's mode restored, no
+gradients), so it can run in the middle of training without changing it.
 
 Example:
     >>> import torch
@@ -52,6 +55,7 @@ Example:
 """
 
 from gan_dissect_callbacks.arguments import ScoreMethod
+from gan_dissect_callbacks.engines.artifacts._real_side import RealSide, prepare_real
 from gan_dissect_callbacks.engines.artifacts.pruning import (
     MASK_STATE_KEY,
     PruningMask,
@@ -71,10 +75,12 @@ __all__ = [
     "AblationResult",
     "ArtifactSearch",
     "PruningMask",
+    "RealSide",
     "ScoreMethod",
     "UnitArtifactScores",
     "apply_pruning_from_checkpoint",
     "find_artifact_units",
+    "prepare_real",
     "score_units",
     "unit_swd_scores",
     "verify_ablation",

@@ -25,6 +25,7 @@ from gan_dissect_callbacks.arguments import (
     check_unit_indices,
 )
 from gan_dissect_callbacks.engines.artifacts._images import check_generated, check_real_images
+from gan_dissect_callbacks.engines.artifacts._real_side import RealSide, real_side_for
 from gan_dissect_callbacks.engines.generator import (
     AnalysedGenerator,
     GeneratorLike,
@@ -32,10 +33,7 @@ from gan_dissect_callbacks.engines.generator import (
 )
 from gan_dissect_callbacks.functional.swd_sets import (
     SortedReal,
-    draw_directions,
-    flat_descriptors,
     image_descriptors,
-    sort_real,
     swd_of_index_sets,
     unit_chunks,
 )
@@ -178,6 +176,7 @@ def score_units(
     exclude: Sequence[int] = (),
     step: int | None = None,
     keep_images: bool = False,
+    real_side: RealSide | None = None,
 ) -> UnitArtifactScores:
     """Artifact score of every unit of ``layer``, from its ``top_k`` top-activating images.
 
@@ -224,6 +223,10 @@ def score_units(
         step: the training step to stamp on the result.
         keep_images: keep the generated images on the result, for views of the units' top
             images (:meth:`UnitArtifactScores.top_images`) without running the model again.
+        real_side: the real side of the SWD made by :func:`~._real_side.prepare_real` from
+            ``real_images`` with the same ``seed`` and ``num_descriptors_per_image`` and at least
+            ``num_projections`` directions, of which the first are used (kept by a caller that
+            scores again, or shared with the verification); ``None``: made here.
 
     Returns:
         A :class:`UnitArtifactScores`.
@@ -292,14 +295,15 @@ def score_units(
             values[scored] = -d[top[scored]].mean(dim=1)
             baseline = float(-d[:top_k].mean())
         else:
-            rng = torch.Generator().manual_seed(seed)
-            channels = images.shape[1]
-            real_cpu = real_images.float().cpu()
-            real = flat_descriptors(
-                image_descriptors(real_cpu, num_descriptors_per_image, rng), channels
-            )
             # The real side is sorted once and shared by every unit, plain and ablated.
-            sorted_real = sort_real(real, draw_directions(real, num_projections, rng))
+            side = real_side_for(
+                real_side,
+                real_images,
+                seed=seed,
+                num_descriptors_per_image=num_descriptors_per_image,
+                num_projections=num_projections,
+            )
+            sorted_real, rng = side.first(num_projections), side.generator()
             if method == "swd":
                 rows = torch.cat([top[scored], torch.arange(top_k).view(1, -1)])
                 needed, inverse = rows.unique(return_inverse=True)

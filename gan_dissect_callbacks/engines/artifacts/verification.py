@@ -8,6 +8,7 @@ improvement ``swd − swd_ablated`` is *real* when its lower bound ``mean − nu
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,19 +19,18 @@ from torch import Tensor
 
 from gan_dissect_callbacks.arguments import check_int, check_unit_indices
 from gan_dissect_callbacks.engines.artifacts._images import check_generated, check_real_images
+from gan_dissect_callbacks.engines.artifacts._real_side import (
+    RealSide,
+    prepare_real,
+    real_side_for,
+)
 from gan_dissect_callbacks.engines.artifacts.scoring import UnitArtifactScores, score_units
 from gan_dissect_callbacks.engines.generator import (
     AnalysedGenerator,
     GeneratorLike,
     featuremap_shape,
 )
-from gan_dissect_callbacks.functional.swd_sets import (
-    draw_directions,
-    flat_descriptors,
-    image_descriptors,
-    sort_real,
-    swd_of_sets,
-)
+from gan_dissect_callbacks.functional.swd_sets import image_descriptors, swd_of_sets
 from gan_dissect_callbacks.instrumentation import UnitEdit
 
 __all__ = ["AblationResult", "ArtifactSearch", "find_artifact_units", "verify_ablation"]
@@ -129,6 +129,14 @@ class AblationResult:
         }
 
 
+def _defaults(function: Any) -> dict[str, Any]:
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
 def _seed_for(seed: int, repetition: int) -> int:
     # Repetitions use consecutive seeds; seed s of one check is seed s of every check.
     return seed + repetition
@@ -147,6 +155,7 @@ def verify_ablation(
     num_descriptors_per_image: int = 128,
     num_projections: int = 512,
     num_examples: int = 0,
+    real_side: RealSide | None = None,
 ) -> AblationResult:
     """Measure the global SWD with and without ablating ``units`` of ``layer``.
 
@@ -154,6 +163,10 @@ def verify_ablation(
     generated twice, as the model is and with ``units`` set to zero (``UnitEdit.ablation``), and
     both sets are compared with the same real descriptors, the same neighbourhood positions and the
     same projections, so the paired difference carries little noise beyond the ablation's effect.
+    The real side (descriptors, directions, their sorted projections) is the one
+    :func:`~.scoring.score_units` draws with ``seed``, made once and shared by every repetition;
+    the generated sets' positions come from the generator of each latent seed (the first
+    continues the real side's).
 
     Args:
         generator: the generator under analysis (an :class:`AnalysedGenerator` or a module).
@@ -167,6 +180,9 @@ def verify_ablation(
         num_descriptors_per_image: SWD neighbourhoods per image per level (paper: 128).
         num_projections: SWD random directions per level (paper: 512).
         num_examples: how many images of the first repetition to keep for before/after grids.
+        real_side: the real side made by :func:`~._real_side.prepare_real` from ``real_images``
+            with the same ``seed`` and ``num_descriptors_per_image`` and at least
+            ``num_projections`` directions, of which the first are used; ``None``: made here.
 
     Returns:
         An :class:`AblationResult`.
@@ -189,8 +205,14 @@ def verify_ablation(
     num_examples = check_int(num_examples, "num_examples", minimum=0)
     g = AnalysedGenerator.wrap(generator)
     g.resolve_layer(layer)
-    real_cpu = real_images.float().cpu()
-    channels = real_cpu.shape[1]
+    side = real_side_for(
+        real_side,
+        real_images,
+        seed=seed,
+        num_descriptors_per_image=num_descriptors_per_image,
+        num_projections=num_projections,
+    )
+    sorted_real = side.first(num_projections)
 
     seeds, swd_plain, swd_ablated = [], [], []
     examples: tuple[Tensor, Tensor] | None = None
@@ -210,22 +232,25 @@ def verify_ablation(
                     edit = UnitEdit.ablation(sorted(set(chosen.tolist())), num_units)
                 ablated.append(g.images(batch.latents, edits={layer: edit}).float().cpu())
             fake, fake_ablated = torch.cat(plain), torch.cat(ablated)
-            rng = torch.Generator().manual_seed(latent_seed)
-            real = flat_descriptors(
-                image_descriptors(real_cpu, num_descriptors_per_image, rng), channels
+            del plain, ablated
+            # The first repetition's positions continue the real side's generator, as the
+            # scoring's do; the others come from their own latent seed.
+            rng = (
+                side.generator() if repetition == 0 else torch.Generator().manual_seed(latent_seed)
             )
             rewind = rng.get_state()
             descriptors = image_descriptors(fake, num_descriptors_per_image, rng)
             rng.set_state(rewind)  # the ablated images get the same positions
             descriptors_ablated = image_descriptors(fake_ablated, num_descriptors_per_image, rng)
-            # Both sets against the same real descriptors with the same directions: equal to two
-            # calls of swd_from_descriptors, with the real projections sorted once.
-            pair = {
-                res: torch.stack([d.flatten(0, 1), descriptors_ablated[res].flatten(0, 1)])
-                for res, d in descriptors.items()
-            }
-            directions = draw_directions(real, num_projections, rng)
-            values = swd_of_sets(sort_real(real, directions), pair).tolist()
+            # Both sets against the same real side: equal to two calls of swd_from_descriptors
+            # with the real projections sorted once for every repetition.
+            pair = {}
+            for res in list(descriptors):
+                plain_d, ablated_d = descriptors.pop(res), descriptors_ablated.pop(res)
+                pair[res] = torch.stack([plain_d.flatten(0, 1), ablated_d.flatten(0, 1)])
+                del plain_d, ablated_d
+            values = swd_of_sets(sorted_real, pair).tolist()
+            del pair
             seeds.append(latent_seed)
             swd_plain.append(values[0])
             swd_ablated.append(values[1])
@@ -271,6 +296,10 @@ def find_artifact_units(
 ) -> ArtifactSearch:
     """Score every unit of ``layer`` and verify the ablation of the ``top_n`` worst.
 
+    When both steps use the same ``seed``, ``num_descriptors_per_image`` and ``num_projections``
+    they share one real side (:func:`~._real_side.prepare_real`), sorted once; the results are
+    those of the two calls made separately.
+
     Args:
         generator: the generator under analysis (an :class:`AnalysedGenerator` or a module).
         layer: the layer to search.
@@ -284,8 +313,20 @@ def find_artifact_units(
     """
     top_n = check_int(top_n, "top_n")
     g = AnalysedGenerator.wrap(generator)
-    scores = score_units(g, layer, real_images, **dict(score_kwargs or {}))
-    ablation = verify_ablation(
-        g, layer, scores.top(top_n), real_images, **dict(verify_kwargs or {})
-    )
+    score_kwargs, verify_kwargs = dict(score_kwargs or {}), dict(verify_kwargs or {})
+    names = ("seed", "num_descriptors_per_image", "num_projections")
+    score_side = {n: score_kwargs.get(n, _SCORE_DEFAULTS[n]) for n in names}
+    verify_side = {n: verify_kwargs.get(n, _VERIFY_DEFAULTS[n]) for n in names}
+    method = score_kwargs.get("method", "swd_ablation")
+    if score_side == verify_side and method != "discriminator" and "real_side" not in score_kwargs:
+        # One real side for both steps: its sort is made once.
+        side = prepare_real(real_images, **score_side)
+        score_kwargs["real_side"] = side
+        verify_kwargs.setdefault("real_side", side)
+    scores = score_units(g, layer, real_images, **score_kwargs)
+    ablation = verify_ablation(g, layer, scores.top(top_n), real_images, **verify_kwargs)
     return ArtifactSearch(scores=scores, ablation=ablation)
+
+
+_SCORE_DEFAULTS = _defaults(score_units)
+_VERIFY_DEFAULTS = _defaults(verify_ablation)
