@@ -1154,7 +1154,8 @@ NOTES = [
     "lookup and the count, with the units of a block split over threads; the IQR search over "
     "levels is compiled too. The counts and IQRs are identical to the PyTorch path's.",
     "Work is chunked to ~2^20 values per tensor operation (cache-sized, bounded memory), with "
-    "no per-unit or per-concept Python loop; counts are int64 (never bf16).",
+    "no per-unit or per-concept Python loop; counts are integers (int32 per block of a "
+    "batch, int64 states; never bf16).",
     "One segmenter pass per batch serves every dissected layer; one generator pass captures all "
     "layers through forward hooks.",
     "torch.compile was not tried: on the CPU it needs a C++ compiler at run time.",
