@@ -139,14 +139,24 @@ def causal_effects(
             s, index, k, sets, places, float(absent_fraction), num_samples, batch_size, seed,
             per_sample, originals,
         )  # fmt: skip
+    return _ace_and_insertion(
+        layer, concept, index, k, random_units, totals, sums, int(places.shape[0]),
+        float(absent_fraction), num_samples,
+    )  # fmt: skip
+
+
+def _ace_and_insertion(
+    layer: str, concept: str, index: Tensor, k: Tensor, random_units: list[Tensor],
+    totals: Tensor, sums: Tensor, num_places: int, absent_fraction: float, num_samples: int,
+) -> tuple[ACEResult, InsertionResult | NoInsertionSiteError]:  # fmt: skip
+    """The ACE and the insertion effect from this process's sums, merged over processes."""
     totals, sums = all_reduce_sum(totals), all_reduce_sum(sums)
     ace = ace_result(
-        layer, concept, index, k, totals, num_samples, int(places.shape[0]),
-        measure="region", soft=False,
-    )  # fmt: skip
+        layer, concept, index, k, totals, num_samples, num_places, measure="region", soft=False
+    )
     try:
         insertion: InsertionResult | NoInsertionSiteError = insertion_result(
-            layer, concept, index, k, random_units, sums, float(absent_fraction), num_samples
+            layer, concept, index, k, random_units, sums, absent_fraction, num_samples
         )
     except NoInsertionSiteError as err:
         insertion = err
@@ -273,17 +283,10 @@ def concept_effects(
                 all_reduce_sum(measured[concept][5])
             continue
         k_every, index, k, random_units, totals, sums = measured[concept]
-        totals, sums = all_reduce_sum(totals), all_reduce_sum(sums)
-        ace = ace_result(
-            layer, concept, index, k, totals, num_samples, int(places.shape[0]),
-            measure="region", soft=False,
+        ace, insertion = _ace_and_insertion(
+            layer, concept, index, k, random_units, totals, sums, int(places.shape[0]),
+            float(absent_fraction), num_samples,
         )  # fmt: skip
-        try:
-            insertion: InsertionResult | NoInsertionSiteError = insertion_result(
-                layer, concept, index, k, random_units, sums, float(absent_fraction), num_samples
-            )
-        except NoInsertionSiteError as err:
-            insertion = err
         results[concept] = ConceptEffects(curve, k_every, ace, insertion)
     return results
 
