@@ -1,18 +1,18 @@
 """Compiled CPU kernels for the dissection's counting loop (optional: they need numba).
 
-Also the IQR rule's search over levels (:func:`best_iqr`): one pass over the ``[U, L, C]``
-counts with four logarithms per 2×2 table and no float64 temporaries of that size.
-
 The PyTorch path of :func:`~gan_dissect_callbacks.functional.unit_concept.unit_concept_update`
 makes four passes over every upsampled value (grid cell, table lookup, the combination's offset,
 ``bincount``), writes an index per value to memory, and its ``bincount`` runs on one thread.
 These kernels do the same in one pass that writes nothing but the counts, with the units of a
 block split over threads (the kernels release the GIL). Every bin is decided by the same float32
-operations as on the PyTorch path, so the counts are identical (tested).
+operations as on the PyTorch path, so the counts are identical (tested). The IQR rule's search
+over levels is here too (:func:`best_iqr`): one pass over the ``[U, L, C]`` counts, four
+logarithms per 2×2 table, no float64 temporaries of that size.
 
 They are used on the CPU when numba is installed (``pip install "gan_dissect_callbacks[fast]"``)
 and ``GAN_DISSECT_NUMBA`` is not ``0``; otherwise the PyTorch path runs. The first call compiles
-them (a few seconds, cached on disk afterwards).
+them (a few seconds, cached on disk afterwards); numba's compiler runtime adds about 130 MiB to
+the process's resident memory once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import functools
 import importlib
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -39,6 +40,13 @@ def _numba() -> ModuleType | None:
     try:
         return importlib.import_module("numba")
     except ImportError:  # the optional extra is not installed
+        return None
+    except Exception as err:  # e.g. a numba built for another NumPy: count with PyTorch
+        warnings.warn(
+            f"numba could not be loaded ({err}); the dissection counts with PyTorch instead. "
+            "Reinstall it (`pip install -U numba`) or set GAN_DISSECT_NUMBA=0.",
+            stacklevel=2,
+        )
         return None
 
 

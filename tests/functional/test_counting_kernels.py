@@ -128,3 +128,23 @@ def test_the_compiled_iqr_search_equals_the_pytorch_one(monkeypatch, seed):
     assert torch.equal(compiled[0], reference[0])
     torch.testing.assert_close(compiled[1], reference[1], rtol=0, atol=1e-15)
     assert bool((compiled[1][:, 0] == 0).all())
+
+
+def test_a_numba_that_fails_to_load_warns_and_leaves_the_pytorch_path(monkeypatch):
+    def broken(name):
+        raise RuntimeError("numba was built for another NumPy")
+
+    _counting._numba.cache_clear()
+    monkeypatch.setattr(_counting.importlib, "import_module", broken)
+    try:
+        with pytest.warns(UserWarning, match="counts with PyTorch instead"):
+            assert not _counting.available()
+        acts, masks = random_dissection_data(3, 2, 5, 3, (3, 3), (6, 6), "none")
+        levels = unit_concept_levels(acts, (6, 6), num_levels=4, num_dense_levels=2)
+        brute = brute_force_counts(acts, masks, levels)
+        counts = unit_concept_update(acts, masks, levels)
+        assert torch.equal(counts_above(counts.joint_bins, dim=1), brute["joint_above"])
+    finally:
+        monkeypatch.undo()
+        _counting._numba.cache_clear()
+    assert _counting.available()
