@@ -26,6 +26,10 @@ Counting, per batch and without per-unit or per-concept Python loops:
    exact. Counts are added into the caller's states in place: a batch allocates no
    ``[U, L+1, C]`` tensor, only per-block ones.
 
+On the CPU with numba installed (the ``fast`` extra), the binning and counting of steps 2–3 run
+as one compiled pass per value (:mod:`~gan_dissect_callbacks.functional._counting`); the counts
+are identical.
+
 Exactness holds for all finite float32 activations except one corner: a non-zero value so
 small that scaling it by ``2^-e_u`` leaves the normal float range (below ``2^-126`` times the
 grid step, i.e. ~1e-42 for a unit whose levels span ~1) may be counted as if it were 0.
