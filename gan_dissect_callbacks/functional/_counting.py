@@ -186,14 +186,17 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 
 def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
     """Run ``kernel(*args, first, last)`` over units ``[0, units)``, split over torch's threads."""
-    threads = min(torch.get_num_threads(), units)
+    available_threads = torch.get_num_threads()
+    threads = min(available_threads, units)
     if threads <= 1:
         kernel(*args, 0, units)
         return
+    # Sized by torch's threads, not by this call's share count: a narrow block (fewer units than
+    # threads) must not tear down and rebuild the pool between calls.
+    pool = _executor(available_threads - 1)
     bounds = [units * part // threads for part in range(threads + 1)]
     jobs = [
-        _executor(threads - 1).submit(kernel, *args, bounds[part], bounds[part + 1])
-        for part in range(1, threads)
+        pool.submit(kernel, *args, bounds[part], bounds[part + 1]) for part in range(1, threads)
     ]
     try:
         kernel(*args, bounds[0], bounds[1])  # this thread takes the first share
