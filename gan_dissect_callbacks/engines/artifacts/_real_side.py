@@ -106,7 +106,7 @@ def real_side_for(
     num_descriptors_per_image: int,
     num_projections: int,
 ) -> RealSide:
-    """``given`` if it was made for these images and settings, else a new one (``None``).
+    """A new real side when ``given`` is ``None``, else ``given``, checked against these images.
 
     A side made with more directions serves too: its first ``num_projections`` are used.
     """
