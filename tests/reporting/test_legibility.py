@@ -168,6 +168,41 @@ def test_the_category_chart_legend_and_title_lie_inside_the_figure_with_long_nam
         assert box.y0 >= 0 and box.y1 <= figure.height
 
 
+@pytest.mark.parametrize("units_per_concept", [1, 1500])
+def test_the_category_chart_texts_lie_inside_the_figure_and_clear_of_each_other(
+    units_per_concept: int,
+) -> None:
+    # Long upright concept names below the axes, four-digit counts beside them.
+    names = ["sky", "a rather long concept name", "window"]
+    vocab = ConceptVocabulary.from_pairs(list(zip(names, ["object", "part", "part"])))
+    units = [
+        UnitReport(u, names[u % 3], vocab.category_of(names[u % 3]), 0.2, 1.0, 0.1, True)
+        for u in range(3 * units_per_concept)
+    ]
+    fig = category_chart(LayerReport("generator.layer3", len(units), units, []), vocab)
+    figure_to_image(fig)  # draws the figure as it is logged
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert legend is not None
+    title = next(t for t in fig.texts if t.get_text() == fig.get_suptitle())
+    axes_box = ax.get_window_extent(renderer)
+    low, high = ax.get_ylim()
+    shown = [t for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len(shown) >= 2
+    texts = [*ax.get_xticklabels(), *shown, ax.yaxis.label, legend, title]
+    for artist in texts:
+        box = artist.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, artist
+        assert box.y0 >= 0 and box.y1 <= fig.bbox.height, artist
+    for label in ax.get_xticklabels():  # below the axes
+        assert label.get_window_extent(renderer).y1 <= axes_box.y0
+    for artist in [*shown, ax.yaxis.label]:  # left of the axes
+        assert artist.get_window_extent(renderer).x1 <= axes_box.x0
+    legend_box, title_box = legend.get_window_extent(renderer), title.get_window_extent(renderer)
+    assert axes_box.y1 <= legend_box.y0 and legend_box.y1 <= title_box.y0  # stacked above
+
+
 def _cap_of_first_line(image: Tensor) -> int:
     """Ink height of the first line of text: the title "HIH: ..." starts with capitals."""
     dark = (image < 0.5).all(dim=0)
