@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gan_dissect_callbacks.arguments import check_int
+from gan_dissect_callbacks.functional.sorting import sort_rows
 
 __all__ = [
     "SlicedWassersteinResult",
@@ -55,7 +54,6 @@ __all__ = [
     "sample_descriptors",
     "sliced_wasserstein",
     "sliced_wasserstein_sorted",
-    "sort_rows",
     "sorted_projections",
     "swd",
     "swd_from_descriptors",
@@ -69,9 +67,6 @@ _BINOMIAL_5 = (1.0, 4.0, 6.0, 4.0, 1.0)
 
 #: Longest run of gaps summed in float32 before the runs are summed in float64.
 _FLOAT32_RUN = 64
-
-#: Below this many values one thread sorts faster than starting several.
-_PARALLEL_SORT_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -320,41 +315,6 @@ def _quantile_segments(n: int, m: int, device: torch.device) -> tuple[Tensor, Te
     index_a = (steps + m - 1) // m - 1  # ceil(t / m) - 1
     index_b = (steps + n - 1) // n - 1
     return index_a, index_b, lengths
-
-
-def sort_rows(x: Tensor, *, inplace: bool = False) -> Tensor:
-    """The values of ``x`` sorted along its last dimension (ascending).
-
-    The SWD's cost is in these sorts. On the CPU NumPy's vectorised sort returns the very same
-    values as ``torch.sort`` several times faster (it computes no indices), with large tensors
-    split by rows over ``torch.get_num_threads()`` threads; elsewhere, and for tensors that need
-    gradients, it is ``torch.sort``.
-
-    Args:
-        x: the tensor to sort.
-        inplace: sort the rows of ``x`` itself (a contiguous CPU tensor nobody else reads) and
-            return it, sparing a copy of the size of ``x``.
-
-    Example:
-        >>> sort_rows(torch.tensor([[3.0, 1.0, 2.0], [0.0, -1.0, 5.0]]))
-        tensor([[ 1.,  2.,  3.],
-                [-1.,  0.,  5.]])
-    """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
-        return x.sort(dim=-1).values
-    own = inplace and x.is_contiguous()
-    out = x.numpy() if own else x.numpy().copy(order="C")
-    if out.ndim == 0 or out.size == 0:
-        return torch.from_numpy(out)
-    rows = out.reshape(-1, out.shape[-1])  # a view: the rows are sorted in place
-    threads = min(torch.get_num_threads(), rows.shape[0])
-    if threads < 2 or out.size < _PARALLEL_SORT_ELEMENTS:
-        rows.sort(axis=-1)
-    else:
-        bounds = np.linspace(0, rows.shape[0], threads + 1).astype(int)
-        with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL while it sorts
-            list(pool.map(lambda i: rows[bounds[i] : bounds[i + 1]].sort(axis=-1), range(threads)))
-    return x if own else torch.from_numpy(out)
 
 
 def sorted_projections(points: Tensor, directions: Tensor) -> list[Tensor]:

@@ -32,12 +32,12 @@ import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.arguments import check_int
+from gan_dissect_callbacks.functional.sorting import sort_rows
 from gan_dissect_callbacks.functional.swd import (
     laplacian_pyramid,
     normalize_descriptors,
     random_directions,
     sample_descriptors,
-    sort_rows,
 )
 
 __all__ = [

@@ -37,7 +37,7 @@ from torch import Tensor
 from gan_dissect_callbacks.arguments import check_fraction, check_int
 from gan_dissect_callbacks.functional import _counting
 from gan_dissect_callbacks.functional.iqr import information_quality_ratio_from_counts
-from gan_dissect_callbacks.functional.swd import sort_rows
+from gan_dissect_callbacks.functional.sorting import sort_rows
 
 __all__ = [
     "DEFAULT_GRID_CELLS",
@@ -107,8 +107,8 @@ def quantile_levels(values: Tensor, quantiles: Tensor) -> Tensor:
     """Per-row quantiles with linear interpolation (the ``torch.quantile`` default).
 
     Unlike ``torch.quantile`` this has no input size limit and sorts each row once for all
-    requested quantiles, with :func:`~gan_dissect_callbacks.functional.swd.sort_rows` (on the CPU
-    NumPy's vectorised sort: the same values as ``torch.sort``, about 3× faster).
+    requested quantiles, with :func:`~gan_dissect_callbacks.functional.sorting.sort_rows` (on
+    the CPU NumPy's vectorised sort: the same values as ``torch.sort``, about 3× faster).
 
     Args:
         values: ``[U, N]`` float tensor, one row per unit, ``N >= 1``.

@@ -18,7 +18,6 @@ from gan_dissect_callbacks.functional.swd import (
     real_projections,
     sample_descriptors,
     sliced_wasserstein,
-    sort_rows,
     swd,
     swd_from_descriptors,
 )
@@ -241,30 +240,6 @@ def test_projections_match_a_brute_force_mean_over_the_same_directions() -> None
     assert result.item() == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("shape", [(5, 7, 300), (700, 1600)])  # the second is sorted in parallel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sort_rows_gives_exactly_the_values_of_torch_sort(
-    dtype: torch.dtype, shape: tuple[int, ...], threads: int
-) -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=g).to(dtype)
-    x[..., :40] = x[..., 40:80].round()  # ties, and signed zeros
-    x.view(-1)[:3] = torch.tensor([0.0, -0.0, 0.0], dtype=dtype)
-    before, kept = torch.get_num_threads(), x.clone()
-    torch.set_num_threads(threads)
-    try:
-        got = sort_rows(x)
-        strided = x.transpose(0, -1)  # not contiguous
-        got_strided = sort_rows(strided)
-    finally:
-        torch.set_num_threads(before)
-    assert got.dtype == dtype
-    assert torch.equal(got, x.sort(dim=-1).values)
-    assert torch.equal(got_strided, strided.sort(dim=-1).values)
-    assert torch.equal(x, kept)  # the input is left as it was
-
-
 def _plain_sliced_w1(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> float:
     """The quantile-function integral on every direction, in float64 with ``torch.sort``."""
     n, m = a.shape[0], b.shape[0]
@@ -430,16 +405,3 @@ def test_swd_chunked_over_directions_equals_sorting_every_projection_at_once(
         d = random_directions(147, 300, directions)
         whole = sliced_wasserstein_sorted(sorted_projections(a, d), sorted_projections(b, d))
         assert got.per_level[resolution].item() == pytest.approx((whole * 1e3).item(), rel=1e-6)
-
-
-def test_sort_rows_in_place_sorts_the_tensor_itself_and_copies_otherwise() -> None:
-    x = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
-    expected = x.sort(dim=-1).values
-    assert torch.equal(sort_rows(x), expected) and not torch.equal(x, expected)  # x untouched
-    same = sort_rows(x, inplace=True)
-    assert same is x and torch.equal(x, expected)
-    y = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
-    view = y.T  # not contiguous: sorted into a copy, the view left as it was
-    before = view.clone()
-    assert torch.equal(sort_rows(view, inplace=True), before.sort(dim=-1).values)
-    assert torch.equal(view, before)
