@@ -30,7 +30,13 @@ if TYPE_CHECKING:
     from gan_dissect_callbacks.engines.dissection import LayerReport
     from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
-__all__ = ["category_chart", "category_chart_pixels", "figure_pixels", "figure_to_image"]
+__all__ = [
+    "category_chart",
+    "category_chart_pixels",
+    "figure_pixels",
+    "figure_to_image",
+    "lay_out_plot",
+]
 
 # ------------------------------------------------------------------------------ figures
 
@@ -170,36 +176,108 @@ def _lay_out(fig: Figure, tick_labels: list[str], above: list[Any]) -> None:
     turned upright: as tall as they are wide), above them ``above`` (the legend, then the title
     at the top), stacked; the figure is widened (by quarter inches) until the widest of ``above``
     fits beside the left margin, since long category names would clip otherwise. Every size is
-    measured without drawing: matplotlib's constrained layout measures them by drawing the
-    figure once more, which doubled the cost of every chart.
+    measured without drawing (see :func:`lay_out_plot`).
     """
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    ax = fig.axes[0]
-    font = FontProperties(size=8)
-
-    def widest(texts: list[str]) -> float:
-        sizes = (renderer.get_text_width_height_descent(t, font, ismath=False) for t in texts)
-        return max((w for w, _, _ in sizes), default=0.0)
-
-    points = fig.dpi / 72
-    pad = 0.05 * fig.dpi
-    # matplotlib's defaults: ticks 3.5 points long, tick labels 3.5 points from them, the axis
-    # label 4 points from the tick labels; the suptitle hangs from 98% of the height.
-    ticks = [str(t) for t in ax.yaxis.get_major_formatter().format_ticks(list(ax.get_yticks()))]
-    left = pad
-    if ticks:
-        _, label_height, _ = renderer.get_text_width_height_descent(ax.get_ylabel(), font, False)
-        left += label_height + 4 * points + widest(ticks) + 7 * points
+    pad = _PAD * fig.dpi
+    left = pad + _y_axis_room(fig, fig.axes[0])
     needed = left + max(a.get_window_extent(renderer).width for a in above) + 3 * pad
     if needed > fig.bbox.width:
         # Quarter inches: exact in binary, so the rendered image is exactly the figure's size.
         fig.set_figwidth(math.ceil(4 * needed / fig.dpi) / 4)
     width, height = fig.bbox.width, fig.bbox.height
-    bottom = widest(tick_labels) + 7 * points + pad if tick_labels else pad
+    font = FontProperties(size=8)
+    upright = max((_text_size(fig, t, font)[0] for t in tick_labels), default=0.0)
+    bottom = upright + _TICK_ROOM * fig.dpi / 72 + pad if tick_labels else pad
+    # The suptitle hangs from 98% of the height.
     top = 0.02 * height + sum(a.get_window_extent(renderer).height for a in above) + pad
     fig.subplots_adjust(
         left=left / width, right=1 - 2 * pad / width, bottom=bottom / height, top=1 - top / height
     )
+
+
+def lay_out_plot(fig: Figure) -> None:
+    """Set the margins of a figure's one plot from its texts: tick labels, axis labels, title.
+
+    What ``fig.tight_layout()`` does for such a plot, at about half the cost: tight layout draws
+    the figure once to measure its texts, and the figure is drawn again when it is rendered;
+    here each text's size is computed from its string and font, with matplotlib's default
+    spacing (ticks 3.5 points long, tick labels 3.5 points from them, axis labels 4 points from
+    the tick labels, the title 6 points above the axes).
+
+    Example:
+        >>> fig = Figure(figsize=(4, 3), dpi=80)
+        >>> ax = fig.add_subplot()
+        >>> _ = ax.plot([0, 10], [0.0, 1.0]), ax.set_xlabel("units ablated"), ax.set_title("t")
+        >>> lay_out_plot(fig)
+        >>> p = fig.subplotpars
+        >>> [round(float(x), 2) for x in (p.left, p.bottom, p.right, p.top)]
+        [0.09, 0.16, 0.97, 0.9]
+    """
+    ax = fig.axes[0]
+    points, pad = fig.dpi / 72, _PAD * fig.dpi
+    width, height = fig.bbox.width, fig.bbox.height
+    x_labels = _tick_labels(ax.xaxis, ax.get_xlim())
+    x_font = ax.xaxis.get_ticklabels()[0].get_fontproperties() if x_labels else None
+    bottom = pad
+    if x_labels and x_font is not None:
+        bottom += max(_text_size(fig, t, x_font)[1] for t in x_labels) + _TICK_ROOM * points
+    if ax.get_xlabel():
+        label = ax.xaxis.label
+        bottom += _text_size(fig, label.get_text(), label.get_fontproperties())[1] + 4 * points
+    # The last x tick label is centred on the axes' right edge: half of it lies beyond.
+    right = pad
+    if x_labels and x_font is not None:
+        right += _text_size(fig, x_labels[-1], x_font)[0] / 2
+    top = pad
+    if ax.get_title():
+        title = ax.title
+        top += _text_size(fig, title.get_text(), title.get_fontproperties())[1] + 6 * points
+    fig.subplots_adjust(
+        left=(pad + _y_axis_room(fig, ax)) / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+    )
+
+
+#: Blank margin around a laid-out figure, in inches.
+_PAD = 0.05
+#: Tick length and the tick labels' distance from the ticks, in points (matplotlib's defaults).
+_TICK_ROOM = 7.0
+
+
+def _text_size(fig: Figure, text: str, font: FontProperties) -> tuple[float, float]:
+    """``(width, height)`` in pixels of ``text`` drawn unrotated in ``font`` on ``fig``."""
+    canvas = fig.canvas
+    if not isinstance(canvas, FigureCanvasAgg):
+        canvas = FigureCanvasAgg(fig)  # the canvas it is rendered on; it measures the texts
+    renderer = canvas.get_renderer()
+    width, height, _ = renderer.get_text_width_height_descent(text, font, ismath=False)
+    # matplotlib gives a line at least the height of "lp" (its ascent and descent).
+    _, line, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
+    return float(width), float(max(height, line))
+
+
+def _tick_labels(axis: Any, limits: tuple[float, float]) -> list[str]:
+    """The labels of an axis's major ticks inside ``limits``, as its formatter writes them."""
+    low, high = sorted(limits)
+    locations = [t for t in axis.get_majorticklocs() if low <= t <= high]
+    return [str(t) for t in axis.get_major_formatter().format_ticks(locations)]
+
+
+def _y_axis_room(fig: Figure, ax: Any) -> float:
+    """Pixels left of the axes that the y tick labels, their ticks and the y label take."""
+    labels = _tick_labels(ax.yaxis, ax.get_ylim())
+    if not labels:
+        return 0.0
+    points = fig.dpi / 72
+    font = ax.yaxis.get_ticklabels()[0].get_fontproperties()
+    room = max(_text_size(fig, t, font)[0] for t in labels) + _TICK_ROOM * points
+    if ax.get_ylabel():
+        label = ax.yaxis.label
+        room += _text_size(fig, label.get_text(), label.get_fontproperties())[1] + 4 * points
+    return room
 
 
 def _category_colour(i: int) -> tuple[float, float, float, float]:

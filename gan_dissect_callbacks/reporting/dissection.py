@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,7 +38,7 @@ from gan_dissect_callbacks.reporting.galleries import (
     unit_gallery,
     unit_gallery_pixels,
 )
-from gan_dissect_callbacks.reporting.images import from_pixels, png_bytes
+from gan_dissect_callbacks.reporting.images import ImageLog
 from gan_dissect_callbacks.reporting.layouts import (
     category_run,
     custom_scalars_layout,
@@ -208,61 +206,6 @@ def _gallery_pages(
     return pages
 
 
-class _ImageLog:
-    """The images of one :func:`log_dissection` call, written as ``add_image`` would write them.
-
-    A ``SummaryWriter`` would encode each PNG with Pillow's slow default; here the same pixels
-    are encoded by :func:`~gan_dissect_callbacks.reporting.images.png_bytes` on a second thread
-    (zlib releases the GIL, so it runs beside the drawing of the next image) and go to the
-    event file as the image summaries ``add_image`` writes, at :meth:`close`. Any other writer
-    gets ``add_image`` with the float image, at once.
-    """
-
-    def __init__(self, writer: Any) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = writer
-        # A subclass with its own add_image gets it called, as it expects.
-        own = (
-            isinstance(writer, SummaryWriter) and type(writer).add_image is SummaryWriter.add_image
-        )
-        self._encoder = ThreadPoolExecutor(1) if own else None
-        self._pending: list[tuple[str, tuple[int, ...], int, Future[bytes]]] = []
-
-    def add(self, tag: str, pixels: np.ndarray, step: int) -> None:
-        """Log ``[H, W, 3]`` uint8 ``pixels`` (not changed afterwards) as image ``tag``."""
-        if self._encoder is None:
-            self._writer.add_image(tag, from_pixels(pixels), global_step=step)
-            return
-        self._pending.append((tag, pixels.shape, step, self._encoder.submit(png_bytes, pixels)))
-
-    def __enter__(self) -> _ImageLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Write the encoded images, in the order they came; an encoding error is raised here."""
-        if self._encoder is None:
-            return
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        try:
-            for tag, (height, width, channels), step, png in self._pending:
-                image = Summary.Image(
-                    height=height,
-                    width=width,
-                    colorspace=channels,
-                    encoded_image_string=png.result(),
-                )
-                summary = Summary(value=[Summary.Value(tag=tag, image=image)])
-                self._writer._get_file_writer().add_summary(summary, step)
-        finally:
-            self._pending = []
-            self._encoder.shutdown(cancel_futures=True)
-
-
 def log_dissection(
     writer: Any,
     report: DissectionReport,
@@ -313,7 +256,7 @@ def log_dissection(
         writer, run_scalars(summary, vocabulary.categories, prefix=prefix), step, runs
     )
     galleries = _gallery_pages(report, GALLERY_PAGE_ROWS)
-    with _ImageLog(writer) as images:
+    with ImageLog(writer) as images:
         for name, layer in report.layers.items():
             tag = f"{prefix}/{name}"
             writer.add_histogram(

@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from torch import Tensor
 __all__ = [
     "DISPLAY_WIDTH",
     "MIN_LABEL_PX",
+    "ImageLog",
     "enlarge",
     "from_pixels",
     "image_grid",
@@ -199,6 +202,61 @@ def png_bytes(pixels: np.ndarray | Tensor, level: int = PNG_COMPRESSION_LEVEL) -
             _png_chunk(b"IEND", b""),
         )
     )
+
+
+class ImageLog:
+    """The images of one logging call, written as ``add_image`` would write them.
+
+    A ``SummaryWriter`` would encode each PNG with Pillow's slow default; here the same pixels
+    are encoded by :func:`png_bytes` on a second thread
+    (zlib releases the GIL, so it runs beside the drawing of the next image) and go to the
+    event file as the image summaries ``add_image`` writes, at :meth:`close`. Any other writer
+    gets ``add_image`` with the float image, at once.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = writer
+        # A subclass with its own add_image gets it called, as it expects.
+        own = (
+            isinstance(writer, SummaryWriter) and type(writer).add_image is SummaryWriter.add_image
+        )
+        self._encoder = ThreadPoolExecutor(1) if own else None
+        self._pending: list[tuple[str, tuple[int, ...], int, Future[bytes]]] = []
+
+    def add(self, tag: str, pixels: np.ndarray, step: int) -> None:
+        """Log ``[H, W, 3]`` uint8 ``pixels`` (not changed afterwards) as image ``tag``."""
+        if self._encoder is None:
+            self._writer.add_image(tag, from_pixels(pixels), global_step=step)
+            return
+        self._pending.append((tag, pixels.shape, step, self._encoder.submit(png_bytes, pixels)))
+
+    def __enter__(self) -> ImageLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write the encoded images, in the order they came; an encoding error is raised here."""
+        if self._encoder is None:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        try:
+            for tag, (height, width, channels), step, png in self._pending:
+                image = Summary.Image(
+                    height=height,
+                    width=width,
+                    colorspace=channels,
+                    encoded_image_string=png.result(),
+                )
+                summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+                self._writer._get_file_writer().add_summary(summary, step)
+        finally:
+            self._pending = []
+            self._encoder.shutdown(cancel_futures=True)
 
 
 def to_unit_range(images: Tensor) -> Tensor:

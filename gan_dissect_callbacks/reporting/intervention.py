@@ -30,18 +30,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from gan_dissect_callbacks.reporting.charts import figure_to_image
+from gan_dissect_callbacks.reporting.charts import figure_pixels, lay_out_plot
 from gan_dissect_callbacks.reporting.images import (
+    ImageLog,
     enlarge,
     image_grid,
     label_cap_height,
     label_font,
     text_band,
     text_width,
+    to_pixels,
 )
 from gan_dissect_callbacks.reporting.writing import RunWriters, write_run_scalars
 
@@ -141,11 +144,11 @@ def removal_chart(concept: str, numbers: Mapping[str, Any], layer: str) -> Figur
     if curve["random_mean"]:
         ax.plot(ns, [0.0, *curve["random_mean"]], linestyle="--", color="grey", label="random")
     ax.set_xlabel("units ablated")
-    ax.set_ylabel(f"share of {concept} pixels removed")
+    ax.set_ylabel("share of its pixels removed")  # the title names the concept
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"{layer}: {concept}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    lay_out_plot(fig)
     return fig
 
 
@@ -258,13 +261,14 @@ def log_intervention(
     """
     step = int(entry["step"])
     write_run_scalars(writer, concept_run_scalars(entry, name=name), step, runs)
-    for concept, numbers in entry["concepts"].items():
-        if numbers is None:
-            continue
-        chart = figure_to_image(removal_chart(concept, numbers, entry["layer"]))
-        writer.add_image(f"{name}/{concept}/removal_curve", chart, global_step=step)
-    for concept, shots in images.items():
-        numbers = entry["concepts"].get(concept)
-        units = numbers["ace"].get("units") if numbers else None
-        grid = intervention_grid(shots, units=units)
-        writer.add_image(f"{name}/{concept}/images", grid, global_step=step)
+    with ImageLog(writer) as log:  # PNGs encoded on a second thread, as for the dissection
+        for concept, numbers in entry["concepts"].items():
+            if numbers is None:
+                continue
+            chart = figure_pixels(removal_chart(concept, numbers, entry["layer"]))
+            log.add(f"{name}/{concept}/removal_curve", chart, step)
+        for concept, shots in images.items():
+            numbers = entry["concepts"].get(concept)
+            units = numbers["ace"].get("units") if numbers else None
+            grid = to_pixels(intervention_grid(shots, units=units)).permute(1, 2, 0).numpy()
+            log.add(f"{name}/{concept}/images", np.ascontiguousarray(grid), step)

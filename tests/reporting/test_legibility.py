@@ -16,7 +16,7 @@ from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
 from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
-from gan_dissect_callbacks.reporting.intervention import intervention_grid
+from gan_dissect_callbacks.reporting.intervention import intervention_grid, removal_chart
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
 GRID_KEYS = ("original", "ablated", "inserted")
@@ -201,6 +201,32 @@ def test_the_category_chart_texts_lie_inside_the_figure_and_clear_of_each_other(
         assert artist.get_window_extent(renderer).x1 <= axes_box.x0
     legend_box, title_box = legend.get_window_extent(renderer), title.get_window_extent(renderer)
     assert axes_box.y1 <= legend_box.y0 and legend_box.y1 <= title_box.y0  # stacked above
+
+
+@pytest.mark.parametrize("concept", ["sky", "chest of drawers"])
+def test_the_removal_chart_texts_lie_inside_the_figure_and_clear_of_the_plot(
+    concept: str,
+) -> None:
+    curve = {"removed": [0.5, 0.7, 0.9], "random_mean": [0.0, 0.1, 0.2], "points": [1, 5, 10]}
+    fig = removal_chart(concept, {"removal": curve}, "generator.layer3")
+    figure_to_image(fig)  # draws the figure as it is logged
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    ax = fig.axes[0]
+    plot = ax.get_window_extent(renderer)
+    (x_low, x_high), (y_low, y_high) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    x_ticks = [t for t in ax.get_xticklabels() if x_low <= t.get_position()[0] <= x_high]
+    y_ticks = [t for t in ax.get_yticklabels() if y_low <= t.get_position()[1] <= y_high]
+    assert len(x_ticks) >= 2 and len(y_ticks) >= 2
+    assert concept in ax.get_title()
+    for artist in [*x_ticks, *y_ticks, ax.xaxis.label, ax.yaxis.label, ax.title]:
+        box = artist.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, artist
+        assert box.y0 >= 0 and box.y1 <= fig.bbox.height, artist
+    for artist in [*x_ticks, ax.xaxis.label]:
+        assert artist.get_window_extent(renderer).y1 <= plot.y0, artist
+    for artist in [*y_ticks, ax.yaxis.label]:
+        assert artist.get_window_extent(renderer).x1 <= plot.x0, artist
+    assert ax.title.get_window_extent(renderer).y0 >= plot.y1
 
 
 def _cap_of_first_line(image: Tensor) -> int:

@@ -37,8 +37,10 @@ from gan_dissect_callbacks.reporting.evolution import (
 )
 from gan_dissect_callbacks.reporting.intervention import (
     concept_run_scalars,
+    intervention_grid,
     intervention_scalars,
     log_intervention,
+    removal_chart,
 )
 from gan_dissect_callbacks.reporting.writing import RunWriters
 
@@ -269,6 +271,29 @@ def test_log_intervention_writes_one_run_per_concept_and_labels_the_grid(tmp_pat
     assert not (tmp_path / "intervention" / "sun").exists()
     assert concept_run_scalars(entry)["intervention/tree"]["intervention/ace"] == 0.7
     assert "intervention/tree/images" in read(tmp_path).Tags()["images"]
+
+
+def test_log_intervention_stores_the_very_pixels_add_image_would(tmp_path: Path) -> None:
+    curve = {"removed": [0.5, 0.9], "random_mean": [0.1, 0.2], "points": [1, 5]}
+    numbers = {"removal": curve, "ace": {"ace": 0.7, "units": [4, 2]}, "insertion": None}
+    entry = {"step": 3, "layer": "g.l3", "concepts": {"tree": numbers}}
+    g = torch.Generator().manual_seed(0)
+    shots = {k: torch.rand(2, 3, 16, 16, generator=g) * 2 - 1 for k in ("original", "ablated")}
+    shots["inserted"] = torch.zeros(2, 3, 16, 16)
+    writer = SummaryWriter(str(tmp_path / "ours"))
+    log_intervention(writer, entry, {"tree": shots})
+    writer.close()
+    # What log_intervention wrote before it encoded PNGs itself: add_image of float images.
+    reference = SummaryWriter(str(tmp_path / "add_image"))
+    chart = figure_to_image(removal_chart("tree", numbers, "g.l3"))
+    reference.add_image("intervention/tree/removal_curve", chart, 3)
+    reference.add_image("intervention/tree/images", intervention_grid(shots, units=[4, 2]), 3)
+    reference.close()
+    ours, theirs = decoded_images(tmp_path / "ours"), decoded_images(tmp_path / "add_image")
+    tags = [("intervention/tree/images", 3), ("intervention/tree/removal_curve", 3)]
+    assert sorted(ours) == sorted(theirs) == tags
+    for key, pixels in theirs.items():
+        assert np.array_equal(ours[key], pixels), key
 
 
 # --------------------------------------------------------------------------------- timeline
