@@ -34,11 +34,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.engines.artifacts import AblationResult, UnitArtifactScores
-from gan_dissect_callbacks.reporting.images import image_grid
+from gan_dissect_callbacks.reporting.images import ImageLog, image_grid, to_pixels
 
 __all__ = ["check_grids", "check_markdown", "check_scalars", "log_artifacts", "quality_scalars"]
 
@@ -140,8 +141,10 @@ def log_artifacts(
     if finite:
         writer.add_histogram(f"{prefix}/unit_scores", torch.tensor(finite), global_step=step)
     writer.add_text(f"{prefix}/chosen_units", check_markdown(entry, layer), global_step=step)
-    for name, grid in (grids or {}).items():
-        writer.add_image(f"{prefix}/{name}", grid, global_step=step)
+    with ImageLog(writer) as log:  # PNGs encoded on a second thread, as for the dissection
+        for name, grid in (grids or {}).items():
+            pixels = np.ascontiguousarray(to_pixels(grid).permute(1, 2, 0).numpy())
+            log.add(f"{prefix}/{name}", pixels, step)
 
 
 def quality_scalars(values: Mapping[str, float], prefix: str) -> dict[str, float]:

@@ -27,6 +27,7 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitExamples,
     UnitReport,
 )
+from gan_dissect_callbacks.reporting.artifacts import log_artifacts
 from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
 from gan_dissect_callbacks.reporting.dissection import log_dissection, summarise, unit_galleries
 from gan_dissect_callbacks.reporting.evolution import (
@@ -294,6 +295,26 @@ def test_log_intervention_stores_the_very_pixels_add_image_would(tmp_path: Path)
     assert sorted(ours) == sorted(theirs) == tags
     for key, pixels in theirs.items():
         assert np.array_equal(ours[key], pixels), key
+
+
+def test_log_artifacts_stores_the_very_pixels_add_image_would(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    grids = {"before_after": torch.rand(3, 20, 30, generator=g) * 1.2 - 0.1}  # clipped too
+    ablation = {"improvement_se": 0.5, "swd": [30.0], "swd_ablated": [28.0],
+                "mean_improvement": -2.0, "seeds": [0, 1]}  # fmt: skip
+    entry = {"step": 9, "ablation": ablation, "candidates": [2], "accepted": False,
+             "pruned": [], "rolled_back": [], "pruned_units": [], "score_baseline": 1.0,
+             "scores": [1.0, None, 2.5]}  # fmt: skip
+    writer = SummaryWriter(str(tmp_path / "ours"))
+    log_artifacts(writer, entry, layer="g.l3", prefix="artifacts", grids=grids)
+    writer.close()
+    reference = SummaryWriter(str(tmp_path / "add_image"))
+    reference.add_image("artifacts/before_after", grids["before_after"], 9)
+    reference.close()
+    ours, theirs = decoded_images(tmp_path / "ours"), decoded_images(tmp_path / "add_image")
+    key = ("artifacts/before_after", 9)
+    assert sorted(ours) == sorted(theirs) == [key]
+    assert np.array_equal(ours[key], theirs[key])
 
 
 # --------------------------------------------------------------------------------- timeline
