@@ -1,8 +1,9 @@
 """The overhead budget of an analysis callback: at most a fraction of training wall time.
 
-A callback with ``max_overhead=0.05`` measures the wall time of every training batch and of each of
-its own analyses. At a step where its cadence asks for an analysis it runs it only if, counting the
-analysis's expected cost (the last one's), it has spent at most 5% of the training time so far:
+A callback with ``max_overhead=0.05`` measures the wall time of every training batch, of each of its
+own analyses and of its own per-batch upkeep (a few microseconds). At a step where its cadence asks
+for an analysis it runs it only if, counting the analysis's expected cost (the last one's), it has
+spent at most 5% of the training time so far:
 
     spent + expected ≤ max_overhead · trained
 
@@ -65,6 +66,14 @@ class OverheadBudget:
         since = None if self.last_step is None else step - self.last_step
         self.last_step = step
         return since
+
+    def record_upkeep(self, seconds: float) -> None:
+        """The callback's own work in a batch without an analysis (clocks, cadence, budget).
+
+        A few microseconds a batch; it counts as spent, so that the budget bounds all that the
+        callback adds to training, not only its analyses.
+        """
+        self.spent_s += max(0.0, seconds)
 
     def allows(self, share: int = 1) -> bool:
         """Whether one more analysis, costing what the last one did, keeps within the budget.

@@ -198,13 +198,17 @@ class ScheduledAnalysis(pl.Callback, ABC):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
+        entered = self._clock()
         if self._batch_started is not None:
             # The batch's wall time, less any analysis that ran in between (another callback's).
             started, analyses_before = self._batch_started
-            elapsed = self._clock() - started
-            self.budget.record_batch(elapsed - (_ANALYSIS_SECONDS[0] - analyses_before))
+            self.budget.record_batch(entered - started - (_ANALYSIS_SECONDS[0] - analyses_before))
             self._batch_started = None
+        analyses_before = _ANALYSIS_SECONDS[0]
         self._run_if_due(trainer, pl_module, "batch")
+        # This hook's own time, less the analysis it may have run (counted as that), is spent too.
+        upkeep = self._clock() - entered - (_ANALYSIS_SECONDS[0] - analyses_before)
+        self.budget.record_upkeep(upkeep)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_if_due(trainer, pl_module, "epoch")

@@ -90,6 +90,36 @@ def test_a_costly_analysis_runs_less_often_to_stay_within_the_budget(tmp_path):
     assert costly.budget.overhead == 1.25 / 20
 
 
+class CostlyUpkeep(Costly):
+    """Its per-batch bookkeeping (the cadence check) also costs ``upkeep`` seconds a batch."""
+
+    def __init__(self, clock: FakeClock, cost: float, upkeep: float, **kwargs: Any) -> None:
+        super().__init__(clock, cost, **kwargs)
+        self.upkeep = upkeep
+
+    def _due(self, trainer: pl.Trainer, hook: Any, step: int) -> bool:
+        if hook == "batch":
+            self._clock.now += self.upkeep  # type: ignore[attr-defined]
+        return super()._due(trainer, hook, step)
+
+
+def test_the_per_batch_upkeep_counts_against_the_budget_too(tmp_path):
+    cost, upkeep = 0.25, 2**-6  # the upkeep alone is a quarter of the 1/16 budget
+    costly = CostlyUpkeep(FakeClock(), cost, upkeep, every_n_train_steps=1, max_overhead=BUDGET)
+    run(costly, tmp_path)
+    # Brute force of the rule: after batch t, run if spent + last cost ≤ t/16; then the
+    # batch's upkeep is spent.
+    spent, last, expected = 0.0, None, []
+    for t in range(1, 21):
+        if last is None or spent + last <= BUDGET * t:
+            spent, last = spent + cost, cost
+            expected.append(t)
+        spent += upkeep
+    assert steps(costly) == expected != [1, 8, 12, 16, 20]  # later than without the upkeep
+    assert costly.budget.spent_s == spent == len(expected) * cost + 20 * upkeep
+    assert costly.budget.overhead <= BUDGET
+
+
 def test_the_explicit_cadence_stays_the_highest_frequency(tmp_path):
     cheap = Costly(FakeClock(), 2**-10, every_n_train_steps=5, max_overhead=BUDGET)
     run(cheap, tmp_path)
