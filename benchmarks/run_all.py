@@ -950,13 +950,15 @@ def training_section(settings: Settings, device: torch.device, threads: int = 2)
         budget = TRAINING_TARGET_PCT / 100 * baseline
         hooks = sum(p["hook_s_per_batch"] for p in parts.values())
         # With the default budget (max_overhead=0.05, split evenly among the callbacks) each
-        # analysis runs at the cadence the rule of callbacks/_budget.py stretches it to:
-        # analysis / effective_cadence ≤ share · batch time, never more often than its cadence.
+        # analysis runs at the cadence the rule of callbacks/_budget.py stretches it to, which
+        # counts the callback's per-batch upkeep too: analysis / effective_cadence + hook ≤
+        # share · batch time, never more often than its cadence.
         share = TRAINING_TARGET_PCT / 100 / len(parts)
         budgeted = 0.0
         for part in parts.values():
+            room = share * baseline - part["hook_s_per_batch"]
             part["effective_cadence"] = max(
-                part["cadence"], math.ceil(part["analysis_s"] / (share * baseline))
+                part["cadence"], math.ceil(part["analysis_s"] / room) if room > 0 else math.inf
             )
             budgeted += part["analysis_s"] / part["effective_cadence"] + part["hook_s_per_batch"]
         target = NO_BUDGET_TARGETS_PCT.get(name, TRAINING_TARGET_PCT)

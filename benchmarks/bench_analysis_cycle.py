@@ -1,0 +1,91 @@
+"""Seconds per analysis of the demo's callbacks, and of the views each one logs.
+
+Trains the shipped toy GAN for ``--batches`` batches with the demo's callbacks
+(:func:`~gan_dissect_callbacks.demos.train.default_callbacks`) firing every ``--every`` batches,
+and prints, as JSON, the median seconds of each callback's analysis and of each view writer
+(``log_dissection``, ``log_intervention``, ``log_artifacts``) over every analysis but the
+first (which also prepares what later ones keep). It is the quick way to compare two versions
+of the code side by side: run it alternately against each checkout, e.g.
+
+    PYTHONPATH=/path/to/old/checkout python benchmarks/bench_analysis_cycle.py
+    python benchmarks/bench_analysis_cycle.py
+
+(the script's own folder comes first on ``sys.path``, then ``PYTHONPATH``, then the installed
+package). ``benchmarks/run_all.py`` measures the same analyses against plain training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+import gan_dissect_callbacks
+import gan_dissect_callbacks.callbacks.artifact_pruning as artifact_pruning
+import gan_dissect_callbacks.callbacks.dissection as dissection
+import gan_dissect_callbacks.callbacks.intervention as intervention
+from gan_dissect_callbacks.demos.pretrained import load_pretrained_scene_gan
+from gan_dissect_callbacks.demos.train import SceneDataModule, default_callbacks
+
+VIEWS = (
+    (dissection, "log_dissection"),
+    (intervention, "log_intervention"),
+    (artifact_pruning, "log_artifacts"),
+)
+
+
+def _timed(record: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            record.append(time.perf_counter() - start)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=20, help="training batches (default 20)")
+    parser.add_argument("--every", type=int, default=5, help="analysis cadence (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    times: dict[str, list[float]] = {}
+    for module, name in VIEWS:  # the callbacks look these names up in their own modules
+        setattr(module, name, _timed(times.setdefault(name, []), getattr(module, name)))
+    callbacks = default_callbacks(every_n_batches=args.every)
+    for callback in callbacks:
+        callback.raise_on_error = True
+        kind = type(callback)
+        kind._analyse = _timed(times.setdefault(kind.__name__, []), kind._analyse)
+    trainer = pl.Trainer(
+        max_steps=2 * args.batches,  # two optimizer steps per batch
+        max_epochs=-1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tempfile.mkdtemp(prefix="bench_cycle_")),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = SceneDataModule(num_scenes=64 * (args.batches + 2), batch_size=64, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(load_pretrained_scene_gan(), datamodule=data)
+    medians = {k: round(statistics.median(v[1:] or v), 3) for k, v in times.items() if v}
+    print(json.dumps({"code": gan_dissect_callbacks.__file__, "median_s": medians}))
+
+
+if __name__ == "__main__":
+    main()
