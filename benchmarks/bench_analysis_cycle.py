@@ -67,7 +67,7 @@ def main() -> None:
     callbacks = default_callbacks(every_n_batches=args.every)
     for callback in callbacks:
         callback.raise_on_error = True
-        kind = type(callback)
+    for kind in {type(callback) for callback in callbacks}:  # each class once
         kind._analyse = _timed(times.setdefault(kind.__name__, []), kind._analyse)
     trainer = pl.Trainer(
         max_steps=2 * args.batches,  # two optimizer steps per batch

@@ -956,10 +956,12 @@ def training_section(settings: Settings, device: torch.device, threads: int = 2)
         share = TRAINING_TARGET_PCT / 100 / len(parts)
         budgeted = 0.0
         for part in parts.values():
+            # (A hook that alone took the whole share would leave no room: a cadence of "never"
+            # is then written as the largest whole number of batches that JSON keeps exactly.)
             room = share * baseline - part["hook_s_per_batch"]
-            part["effective_cadence"] = max(
-                part["cadence"], math.ceil(part["analysis_s"] / room) if room > 0 else math.inf
-            )
+            never = 2**53
+            stretched = min(never, math.ceil(part["analysis_s"] / room)) if room > 0 else never
+            part["effective_cadence"] = max(part["cadence"], stretched)
             budgeted += part["analysis_s"] / part["effective_cadence"] + part["hook_s_per_batch"]
         target = NO_BUDGET_TARGETS_PCT.get(name, TRAINING_TARGET_PCT)
         configs[name] = {

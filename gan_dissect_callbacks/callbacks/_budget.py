@@ -1,7 +1,7 @@
 """The overhead budget of an analysis callback: at most a fraction of training wall time.
 
 A callback with ``max_overhead=0.05`` measures the wall time of every training batch, of each of its
-own analyses and of its own per-batch upkeep (a few microseconds). At a step where its cadence asks
+own analyses and of its own per-batch upkeep (microseconds). At a step where its cadence asks
 for an analysis it runs it only if, counting the analysis's expected cost (the last one's), it has
 spent at most 5% of the training time so far:
 
@@ -68,10 +68,11 @@ class OverheadBudget:
         return since
 
     def record_upkeep(self, seconds: float) -> None:
-        """The callback's own work in a batch without an analysis (clocks, cadence, budget).
+        """The callback's own work in a batch besides its analysis (clocks, cadence, budget).
 
-        A few microseconds a batch; it counts as spent, so that the budget bounds all that the
-        callback adds to training, not only its analyses.
+        A few microseconds a batch; at a step with an analysis also the logging of its cost and,
+        under DDP, the wait for rank 0's decision. It counts as spent (and in :attr:`overhead`),
+        so that the budget bounds all that the callback adds to training, not only its analyses.
         """
         self.spent_s += max(0.0, seconds)
 
@@ -88,7 +89,7 @@ class OverheadBudget:
 
     @property
     def overhead(self) -> float:
-        """Analysis time so far ÷ training time so far (0 before any training)."""
+        """Time spent so far (analyses and upkeep) ÷ training time so far (0 before training)."""
         return self.spent_s / self.trained_s if self.trained_s > 0 else 0.0
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Pure rendering: a :class:`~gan_dissect_callbacks.engines.dissection.LayerReport` in, a matplotlib
 figure out; :func:`figure_to_image` turns any figure into a ``[3, H, W]`` tensor in ``[0, 1]``,
-:func:`figure_pixels` into the 8-bit pixels TensorBoard stores of it.
+:func:`figure_pixels` into the 8-bit pixels TensorBoard stores of it, and :func:`lay_out_plot`
+sets a plot's margins from its texts without drawing it first.
 :func:`category_chart_pixels` draws a chart only for data it has not drawn lately: drawing
 costs several hundredths of a second, and a layer's unit classes can stay the same from one
 dissection to the next (once labels settle).
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch
@@ -205,6 +207,9 @@ def lay_out_plot(fig: Figure) -> None:
     spacing (ticks 3.5 points long, tick labels 3.5 points from them, axis labels 4 points from
     the tick labels, the title 6 points above the axes).
 
+    Args:
+        fig: a figure whose first axes is the plot; its subplot parameters are set.
+
     Example:
         >>> fig = Figure(figsize=(4, 3), dpi=80)
         >>> ax = fig.add_subplot()
@@ -218,16 +223,16 @@ def lay_out_plot(fig: Figure) -> None:
     points, pad = fig.dpi / 72, _PAD * fig.dpi
     width, height = fig.bbox.width, fig.bbox.height
     x_labels = _tick_labels(ax.xaxis, ax.get_xlim())
-    x_font = ax.xaxis.get_ticklabels()[0].get_fontproperties() if x_labels else None
+    x_font = _tick_font(ax.xaxis)
     bottom = pad
-    if x_labels and x_font is not None:
+    if x_labels:
         bottom += max(_text_size(fig, t, x_font)[1] for t in x_labels) + _TICK_ROOM * points
     if ax.get_xlabel():
         label = ax.xaxis.label
         bottom += _text_size(fig, label.get_text(), label.get_fontproperties())[1] + 4 * points
     # The last x tick label is centred on the axes' right edge: half of it lies beyond.
     right = pad
-    if x_labels and x_font is not None:
+    if x_labels:
         right += _text_size(fig, x_labels[-1], x_font)[0] / 2
     top = pad
     if ax.get_title():
@@ -249,10 +254,10 @@ _TICK_ROOM = 7.0
 
 def _text_size(fig: Figure, text: str, font: FontProperties) -> tuple[float, float]:
     """``(width, height)`` in pixels of ``text`` drawn unrotated in ``font`` on ``fig``."""
-    canvas = fig.canvas
-    if not isinstance(canvas, FigureCanvasAgg):
-        canvas = FigureCanvasAgg(fig)  # the canvas it is rendered on; it measures the texts
-    renderer = canvas.get_renderer()
+    if isinstance(fig.canvas, FigureCanvasAgg):
+        renderer = fig.canvas.get_renderer()
+    else:  # measured as Agg draws it, leaving the figure's own canvas (pyplot's, say) alone
+        renderer = RendererAgg(int(fig.bbox.width), int(fig.bbox.height), fig.dpi)
     width, height, _ = renderer.get_text_width_height_descent(text, font, ismath=False)
     # matplotlib gives a line at least the height of "lp" (its ascent and descent).
     _, line, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
@@ -266,14 +271,22 @@ def _tick_labels(axis: Any, limits: tuple[float, float]) -> list[str]:
     return [str(t) for t in axis.get_major_formatter().format_ticks(locations)]
 
 
+def _tick_font(axis: Any) -> FontProperties:
+    """The font of an axis's tick labels (matplotlib's default size when it has none yet)."""
+    labels = axis.get_ticklabels()
+    if labels:
+        return labels[0].get_fontproperties()
+    size = rcParams["xtick.labelsize" if axis.axis_name == "x" else "ytick.labelsize"]
+    return FontProperties(size=size)
+
+
 def _y_axis_room(fig: Figure, ax: Any) -> float:
     """Pixels left of the axes that the y tick labels, their ticks and the y label take."""
     labels = _tick_labels(ax.yaxis, ax.get_ylim())
     if not labels:
         return 0.0
     points = fig.dpi / 72
-    font = ax.yaxis.get_ticklabels()[0].get_fontproperties()
-    room = max(_text_size(fig, t, font)[0] for t in labels) + _TICK_ROOM * points
+    room = max(_text_size(fig, t, _tick_font(ax.yaxis))[0] for t in labels) + _TICK_ROOM * points
     if ax.get_ylabel():
         label = ax.yaxis.label
         room += _text_size(fig, label.get_text(), label.get_fontproperties())[1] + 4 * points

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import zlib
@@ -208,10 +209,21 @@ class ImageLog:
     """The images of one logging call, written as ``add_image`` would write them.
 
     A ``SummaryWriter`` would encode each PNG with Pillow's slow default; here the same pixels
-    are encoded by :func:`png_bytes` on a second thread
-    (zlib releases the GIL, so it runs beside the drawing of the next image) and go to the
-    event file as the image summaries ``add_image`` writes, at :meth:`close`. Any other writer
-    gets ``add_image`` with the float image, at once.
+    are encoded by :func:`png_bytes` on a second thread (zlib releases the GIL, so it runs
+    beside the drawing of the next image) and go to the event file as the image summaries
+    ``add_image`` writes, at :meth:`close` (the end of a ``with`` block). Any other writer gets
+    ``add_image`` with the float image, at once.
+
+    Args:
+        writer: a ``SummaryWriter``, or anything with ``add_image(tag, image, global_step)``.
+
+    Example:
+        >>> import tempfile
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> writer = SummaryWriter(tempfile.mkdtemp())
+        >>> with ImageLog(writer) as log:
+        ...     log.add("views/red", np.full((4, 6, 3), [255, 0, 0], dtype=np.uint8), step=3)
+        >>> writer.close()
     """
 
     def __init__(self, writer: Any) -> None:
@@ -226,7 +238,24 @@ class ImageLog:
         self._pending: list[tuple[str, tuple[int, ...], int, Future[bytes]]] = []
 
     def add(self, tag: str, pixels: np.ndarray, step: int) -> None:
-        """Log ``[H, W, 3]`` uint8 ``pixels`` (not changed afterwards) as image ``tag``."""
+        """Log ``[H, W, 3]`` uint8 ``pixels`` (not changed afterwards) as image ``tag``.
+
+        Raises:
+            ValueError: if ``pixels`` is not a ``[H, W, 3]`` uint8 array (here, not when the
+                images are written).
+        """
+        if not (
+            isinstance(pixels, np.ndarray)
+            and pixels.dtype == np.uint8
+            and pixels.ndim == 3
+            and pixels.shape[2] == 3
+            and 0 not in pixels.shape
+        ):
+            shape = list(getattr(pixels, "shape", [])) or type(pixels).__name__
+            raise ValueError(
+                f"Expected image {tag!r} as [H, W, 3] uint8 RGB pixels, but got "
+                f"{getattr(pixels, 'dtype', type(pixels).__name__)} of shape {shape}."
+            )
         if self._encoder is None:
             self._writer.add_image(tag, from_pixels(pixels), global_step=step)
             return
@@ -235,8 +264,13 @@ class ImageLog:
     def __enter__(self) -> ImageLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The block failed: its error is the one to see, not a later one of the encoding.
+        with contextlib.suppress(Exception):
+            self.close()
 
     def close(self) -> None:
         """Write the encoded images, in the order they came; an encoding error is raised here."""

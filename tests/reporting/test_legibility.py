@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
-from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image, lay_out_plot
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
 from gan_dissect_callbacks.reporting.intervention import intervention_grid, removal_chart
@@ -227,6 +227,21 @@ def test_the_removal_chart_texts_lie_inside_the_figure_and_clear_of_the_plot(
     for artist in [*y_ticks, ax.yaxis.label]:
         assert artist.get_window_extent(renderer).x1 <= plot.x0, artist
     assert ax.title.get_window_extent(renderer).y0 >= plot.y1
+
+
+def test_lay_out_plot_leaves_the_figure_canvas_alone() -> None:
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3), dpi=80)
+    ax = fig.add_subplot()
+    ax.plot([0, 10], [0.0, 1.0])
+    ax.set_xlabel("units ablated")
+    canvas = fig.canvas
+    assert type(canvas) is FigureCanvasBase
+    lay_out_plot(fig)
+    assert fig.canvas is canvas
+    assert fig.subplotpars.bottom > 0.1  # room for the tick labels and the x label
 
 
 def _cap_of_first_line(image: Tensor) -> int:

@@ -36,6 +36,7 @@ from gan_dissect_callbacks.reporting.evolution import (
     timeline_markdown,
     unit_timeline,
 )
+from gan_dissect_callbacks.reporting.images import ImageLog
 from gan_dissect_callbacks.reporting.intervention import (
     concept_run_scalars,
     intervention_grid,
@@ -315,6 +316,31 @@ def test_log_artifacts_stores_the_very_pixels_add_image_would(tmp_path: Path) ->
     key = ("artifacts/before_after", 9)
     assert sorted(ours) == sorted(theirs) == [key]
     assert np.array_equal(ours[key], theirs[key])
+
+
+def test_image_log_refuses_what_is_not_rgb_pixels_when_it_is_given(tmp_path: Path) -> None:
+    writer = SummaryWriter(str(tmp_path))
+    with ImageLog(writer) as log:
+        for bad in (np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4, 3), np.float32)):
+            with pytest.raises(ValueError, match=r"'views/x' as \[H, W, 3\] uint8 RGB pixels"):
+                log.add("views/x", bad, 0)
+    writer.close()
+
+
+def test_image_log_lets_the_error_of_its_block_through(tmp_path: Path) -> None:
+    writer = SummaryWriter(str(tmp_path))
+
+    def failing_block() -> None:
+        with ImageLog(writer) as log:
+            log.add("views/ok", np.zeros((2, 2, 3), np.uint8), 0)
+            assert log._encoder is not None
+            broken = log._encoder.submit(int, "x")  # its encoding fails (ValueError)
+            log._pending.append(("views/broken", (2, 2, 3), 0, broken))
+            raise KeyError("the block's own")
+
+    with pytest.raises(KeyError, match="the block's own"):
+        failing_block()
+    writer.close()
 
 
 # --------------------------------------------------------------------------------- timeline
