@@ -34,12 +34,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.engines.artifacts import AblationResult, UnitArtifactScores
-from gan_dissect_callbacks.reporting.images import ImageLog, image_grid, to_pixels
+from gan_dissect_callbacks.reporting.images import ImageLog, image_grid, image_pixels
 
 __all__ = ["check_grids", "check_markdown", "check_scalars", "log_artifacts", "quality_scalars"]
 
@@ -143,8 +142,7 @@ def log_artifacts(
     writer.add_text(f"{prefix}/chosen_units", check_markdown(entry, layer), global_step=step)
     with ImageLog(writer) as log:  # PNGs encoded on a second thread, as for the dissection
         for name, grid in (grids or {}).items():
-            pixels = np.ascontiguousarray(to_pixels(grid).permute(1, 2, 0).numpy())
-            log.add(f"{prefix}/{name}", pixels, step)
+            log.add(f"{prefix}/{name}", image_pixels(grid), step)
 
 
 def quality_scalars(values: Mapping[str, float], prefix: str) -> dict[str, float]:

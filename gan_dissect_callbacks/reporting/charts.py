@@ -26,7 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
-from gan_dissect_callbacks.reporting.images import from_pixels, to_pixels
+from gan_dissect_callbacks.reporting.images import from_pixels, image_pixels
 
 if TYPE_CHECKING:
     from gan_dissect_callbacks.engines.dissection import LayerReport
@@ -174,22 +174,22 @@ def _draw_category_chart(
 def _lay_out(fig: Figure, tick_labels: list[str], above: list[Any]) -> None:
     """Widen ``fig`` until ``above`` fits, and set the axes' margins from the texts around them.
 
-    Left of the axes go the y tick labels and label, below them the x tick labels (fontsize 8,
-    turned upright: as tall as they are wide), above them ``above`` (the legend, then the title
+    Left of the axes go the y tick labels and label, below them the x tick labels (turned
+    upright: as tall as they are wide), above them ``above`` (the legend, then the title
     at the top), stacked; the figure is widened (by quarter inches) until the widest of ``above``
     fits beside the left margin, since long category names would clip otherwise. Every size is
     measured without drawing (see :func:`lay_out_plot`).
     """
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    renderer = _renderer(fig)
     pad = _PAD * fig.dpi
-    left = pad + _y_axis_room(fig, fig.axes[0])
+    left = pad + _y_axis_room(renderer, fig.axes[0])
     needed = left + max(a.get_window_extent(renderer).width for a in above) + 3 * pad
     if needed > fig.bbox.width:
         # Quarter inches: exact in binary, so the rendered image is exactly the figure's size.
         fig.set_figwidth(math.ceil(4 * needed / fig.dpi) / 4)
     width, height = fig.bbox.width, fig.bbox.height
-    font = FontProperties(size=8)
-    upright = max((_text_size(fig, t, font)[0] for t in tick_labels), default=0.0)
+    font = _tick_font(fig.axes[0].xaxis)
+    upright = max((_text_size(renderer, t, font)[0] for t in tick_labels), default=0.0)
     bottom = upright + _TICK_ROOM * fig.dpi / 72 + pad if tick_labels else pad
     # The suptitle hangs from 98% of the height.
     top = 0.02 * height + sum(a.get_window_extent(renderer).height for a in above) + pad
@@ -220,26 +220,27 @@ def lay_out_plot(fig: Figure) -> None:
         [0.09, 0.16, 0.97, 0.9]
     """
     ax = fig.axes[0]
+    renderer = _renderer(fig)
     points, pad = fig.dpi / 72, _PAD * fig.dpi
     width, height = fig.bbox.width, fig.bbox.height
     x_labels = _tick_labels(ax.xaxis, ax.get_xlim())
     x_font = _tick_font(ax.xaxis)
     bottom = pad
     if x_labels:
-        bottom += max(_text_size(fig, t, x_font)[1] for t in x_labels) + _TICK_ROOM * points
+        bottom += max(_text_size(renderer, t, x_font)[1] for t in x_labels) + _TICK_ROOM * points
     if ax.get_xlabel():
         label = ax.xaxis.label
-        bottom += _text_size(fig, label.get_text(), label.get_fontproperties())[1] + 4 * points
+        bottom += _text_size(renderer, label.get_text(), label.get_fontproperties())[1] + 4 * points
     # The last x tick label is centred on the axes' right edge: half of it lies beyond.
     right = pad
     if x_labels:
-        right += _text_size(fig, x_labels[-1], x_font)[0] / 2
+        right += _text_size(renderer, x_labels[-1], x_font)[0] / 2
     top = pad
     if ax.get_title():
         title = ax.title
-        top += _text_size(fig, title.get_text(), title.get_fontproperties())[1] + 6 * points
+        top += _text_size(renderer, title.get_text(), title.get_fontproperties())[1] + 6 * points
     fig.subplots_adjust(
-        left=(pad + _y_axis_room(fig, ax)) / width,
+        left=(pad + _y_axis_room(renderer, ax)) / width,
         right=1 - right / width,
         bottom=bottom / height,
         top=1 - top / height,
@@ -252,12 +253,16 @@ _PAD = 0.05
 _TICK_ROOM = 7.0
 
 
-def _text_size(fig: Figure, text: str, font: FontProperties) -> tuple[float, float]:
-    """``(width, height)`` in pixels of ``text`` drawn unrotated in ``font`` on ``fig``."""
+def _renderer(fig: Figure) -> RendererAgg:
+    """The Agg renderer ``fig`` is drawn with, to measure its texts (one per layout)."""
     if isinstance(fig.canvas, FigureCanvasAgg):
-        renderer = fig.canvas.get_renderer()
-    else:  # measured as Agg draws it, leaving the figure's own canvas (pyplot's, say) alone
-        renderer = RendererAgg(int(fig.bbox.width), int(fig.bbox.height), fig.dpi)
+        return fig.canvas.get_renderer()
+    # Measured as Agg draws it, leaving the figure's own canvas (pyplot's, say) alone.
+    return RendererAgg(int(fig.bbox.width), int(fig.bbox.height), fig.dpi)
+
+
+def _text_size(renderer: RendererAgg, text: str, font: FontProperties) -> tuple[float, float]:
+    """``(width, height)`` in pixels of ``text`` drawn unrotated in ``font``."""
     width, height, _ = renderer.get_text_width_height_descent(text, font, ismath=False)
     # matplotlib gives a line at least the height of "lp" (its ascent and descent).
     _, line, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
@@ -280,16 +285,17 @@ def _tick_font(axis: Any) -> FontProperties:
     return FontProperties(size=size)
 
 
-def _y_axis_room(fig: Figure, ax: Any) -> float:
+def _y_axis_room(renderer: RendererAgg, ax: Any) -> float:
     """Pixels left of the axes that the y tick labels, their ticks and the y label take."""
     labels = _tick_labels(ax.yaxis, ax.get_ylim())
     if not labels:
         return 0.0
-    points = fig.dpi / 72
-    room = max(_text_size(fig, t, _tick_font(ax.yaxis))[0] for t in labels) + _TICK_ROOM * points
+    points = renderer.dpi / 72
+    font = _tick_font(ax.yaxis)
+    room = max(_text_size(renderer, t, font)[0] for t in labels) + _TICK_ROOM * points
     if ax.get_ylabel():
         label = ax.yaxis.label
-        room += _text_size(fig, label.get_text(), label.get_fontproperties())[1] + 4 * points
+        room += _text_size(renderer, label.get_text(), label.get_fontproperties())[1] + 4 * points
     return room
 
 
@@ -349,7 +355,7 @@ def figure_pixels(fig: Figure) -> np.ndarray:
     rgba = _render(fig)
     if (rgba[..., 3] == 255).all():
         return np.ascontiguousarray(rgba[..., :3])
-    return to_pixels(_over_white(rgba)).permute(1, 2, 0).numpy()
+    return image_pixels(_over_white(rgba))
 
 
 def _render(fig: Figure) -> np.ndarray:

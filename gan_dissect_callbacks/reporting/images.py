@@ -39,6 +39,7 @@ __all__ = [
     "enlarge",
     "from_pixels",
     "image_grid",
+    "image_pixels",
     "label_cap_height",
     "label_font",
     "line_metrics",
@@ -156,12 +157,28 @@ def to_pixels(image: Tensor) -> Tensor:
     return (image.detach().float() * 255).clamp(0, 255).to(torch.uint8)
 
 
+def image_pixels(image: Tensor) -> np.ndarray:
+    """A ``[3, H, W]`` float image in ``[0, 1]`` as the ``[H, W, 3]`` uint8 pixels TensorBoard
+    stores of it (:func:`to_pixels`), contiguous, for :class:`ImageLog`.
+
+    Example:
+        >>> image_pixels(torch.tensor([[[0.0]], [[0.5]], [[1.0]]])).tolist()
+        [[[0, 127, 255]]]
+    """
+    return np.ascontiguousarray(to_pixels(image).permute(1, 2, 0).numpy())
+
+
 def from_pixels(pixels: np.ndarray | Tensor) -> Tensor:
     """``[H, W, 3]`` uint8 pixels as a ``[3, H, W]`` float image in ``[0, 1]`` (``k / 255``)."""
     if isinstance(pixels, np.ndarray):
         # torch wants arrays it could write to; a read-only one (a cached chart) is copied.
         pixels = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
     return pixels.permute(2, 0, 1).float() / 255
+
+
+def _rgb_pixels(array: np.ndarray) -> bool:
+    """Whether ``array`` is ``[H, W, 3]`` uint8 with ``H, W ≥ 1``: what a PNG here holds."""
+    return array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3 and array.size > 0
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -186,7 +203,7 @@ def png_bytes(pixels: np.ndarray | Tensor, level: int = PNG_COMPRESSION_LEVEL) -
         True
     """
     array = pixels.numpy() if isinstance(pixels, Tensor) else np.asarray(pixels)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+    if not _rgb_pixels(array):
         raise ValueError(
             "Expected argument `pixels` to be a [H, W, 3] uint8 array, but got "
             f"{array.dtype} of shape {list(array.shape)}."
@@ -244,13 +261,7 @@ class ImageLog:
             ValueError: if ``pixels`` is not a ``[H, W, 3]`` uint8 array (here, not when the
                 images are written).
         """
-        if not (
-            isinstance(pixels, np.ndarray)
-            and pixels.dtype == np.uint8
-            and pixels.ndim == 3
-            and pixels.shape[2] == 3
-            and 0 not in pixels.shape
-        ):
+        if not (isinstance(pixels, np.ndarray) and _rgb_pixels(pixels)):
             shape = list(getattr(pixels, "shape", [])) or type(pixels).__name__
             raise ValueError(
                 f"Expected image {tag!r} as [H, W, 3] uint8 RGB pixels, but got "

@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -40,11 +39,11 @@ from gan_dissect_callbacks.reporting.images import (
     ImageLog,
     enlarge,
     image_grid,
+    image_pixels,
     label_cap_height,
     label_font,
     text_band,
     text_width,
-    to_pixels,
 )
 from gan_dissect_callbacks.reporting.writing import RunWriters, write_run_scalars
 
@@ -270,5 +269,5 @@ def log_intervention(
         for concept, shots in images.items():
             numbers = entry["concepts"].get(concept)
             units = numbers["ace"].get("units") if numbers else None
-            grid = to_pixels(intervention_grid(shots, units=units)).permute(1, 2, 0).numpy()
-            log.add(f"{name}/{concept}/images", np.ascontiguousarray(grid), step)
+            grid = intervention_grid(shots, units=units)
+            log.add(f"{name}/{concept}/images", image_pixels(grid), step)
