@@ -4,7 +4,10 @@ Trains the shipped toy GAN for ``--batches`` batches with the demo's callbacks
 (:func:`~gan_dissect_callbacks.demos.train.default_callbacks`) firing every ``--every`` batches,
 and prints, as JSON, the median seconds of each callback's analysis and of each view writer
 (``log_dissection``, ``log_intervention``, ``log_artifacts``) over every analysis but the
-first (which also prepares what later ones keep). It is the quick way to compare two versions
+first (which also prepares what later ones keep). A callback's seconds are those its overhead
+budget is charged: its own analysis, plus its part of a pass of samples shared with the
+analyses due at the same step, less any analysis it ran inside (docs/callbacks.md); the
+``"cycle"`` entry is all of them together. It is the quick way to compare two versions
 of the code side by side: run it alternately against each checkout, e.g.
 
     PYTHONPATH=/path/to/old/checkout python benchmarks/bench_analysis_cycle.py
@@ -54,6 +57,14 @@ def _timed(record: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _charged(record: list[float], fn: Callable[[float, int], Any]) -> Callable[[float, int], Any]:
+    def charge(seconds: float, step: int) -> Any:
+        record.append(seconds)
+        return fn(seconds, step)
+
+    return charge
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=20, help="training batches (default 20)")
@@ -67,8 +78,10 @@ def main() -> None:
     callbacks = default_callbacks(every_n_batches=args.every)
     for callback in callbacks:
         callback.raise_on_error = True
-    for kind in {type(callback) for callback in callbacks}:  # each class once
-        kind._analyse = _timed(times.setdefault(kind.__name__, []), kind._analyse)
+    for callback in callbacks:
+        callback.budget.record_analysis = _charged(  # type: ignore[method-assign]
+            times.setdefault(type(callback).__name__, []), callback.budget.record_analysis
+        )
     trainer = pl.Trainer(
         max_steps=2 * args.batches,  # two optimizer steps per batch
         max_epochs=-1,
@@ -83,6 +96,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(load_pretrained_scene_gan(), datamodule=data)
+    times["cycle"] = [sum(t) for t in zip(*(times[type(c).__name__] for c in callbacks))]
     medians = {k: round(statistics.median(v[1:] or v), 3) for k, v in times.items() if v}
     print(json.dumps({"code": gan_dissect_callbacks.__file__, "median_s": medians}))
 

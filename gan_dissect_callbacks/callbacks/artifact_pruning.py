@@ -86,6 +86,7 @@ from gan_dissect_callbacks.engines.artifacts import (
     score_units,
     verify_ablation,
 )
+from gan_dissect_callbacks.engines.artifacts.scoring import TopActivatingSamples
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.artifacts import check_grids, check_scalars, log_artifacts
 
@@ -298,6 +299,8 @@ class ArtifactPruningCallback(ScheduledAnalysis):
         if message is not None:  # every rank fails alike, so every rank skips the check
             raise error if error is not None else RuntimeError(message)
         assert entry is not None
+        if entry["rolled_back"] or entry["pruned"]:
+            self._changed_step = step  # analyses after this one draw their samples again
         if entry["rolled_back"]:
             self.mask.restore(self.layer)
         if entry["pruned"]:
@@ -337,6 +340,9 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             )
         side = self._real_side
         entry: dict[str, Any] = {"step": step, "rolled_back": [], "mask_check": None}
+        # Drawn beside other analyses from the generator as it was, so with the whole mask on.
+        shared = self._take_samples(step)
+        shared = shared if isinstance(shared, TopActivatingSamples) else None
 
         pruned = self.mask.units(self.layer)
         if pruned:
@@ -373,6 +379,7 @@ class ArtifactPruningCallback(ScheduledAnalysis):
                 step=step,
                 keep_images=bool(tensorboard_writers(trainer)),  # for the candidates grid
                 real_side=side if self.method != "discriminator" else None,
+                samples=shared if not entry["rolled_back"] else None,
                 **{**common, "num_projections": self.score_projections},
             )
             cap = (
@@ -414,6 +421,19 @@ class ArtifactPruningCallback(ScheduledAnalysis):
             yield
         finally:
             self.mask.prune(self.layer, units)
+
+    def _sample_consumer(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
+    ) -> TopActivatingSamples | None:
+        if not trainer.is_global_zero:  # rank 0 decides alone
+            return None
+        return TopActivatingSamples(
+            self.layer, num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed
+        )
+
+    def _may_change_generator(self) -> bool:
+        # A kept mask can be rolled back at a check even with prune=False.
+        return self.prune or self.mask.num_pruned > 0
 
     # ------------------------------------------------------------------ writing
 

@@ -58,7 +58,7 @@ from gan_dissect_callbacks.arguments import (
 )
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
-from gan_dissect_callbacks.engines.dissection import DissectionReport, dissect
+from gan_dissect_callbacks.engines.dissection import DissectionReport, DissectionSamples, dissect
 from gan_dissect_callbacks.engines.dissection.report import DEFAULT_IQR_CUTOFF
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.dissection import log_dissection, scalar_values, summarise
@@ -186,6 +186,7 @@ class DissectionCallback(ScheduledAnalysis):
         output = report_output(trainer, self.analysis_name)
         # Only the process that logs to TensorBoard draws the gallery's examples.
         shown = self.top_n if trainer.is_global_zero and output.writers else 0
+        shared = self._take_samples(step)
         report = dissect(
             self.analysed_generator,
             self.layers,
@@ -201,12 +202,27 @@ class DissectionCallback(ScheduledAnalysis):
             top_n=shown,
             metric_kwargs=self.metric_kwargs,
             step=step,
+            samples=shared if isinstance(shared, DissectionSamples) else None,
         )
         entry = summarise(report, self.history[-1] if self.history else None)
         self.history.append(entry)
         self.last_report = report
         if trainer.is_global_zero:
             self._write(output, report, entry)
+
+    def _sample_consumer(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
+    ) -> DissectionSamples:
+        return DissectionSamples(
+            self.layers,
+            self.segmenter,
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            quantile=self.quantile,
+            top_k=self.top_k,
+            metric_kwargs=self.metric_kwargs,
+        )
 
     # ------------------------------------------------------------------ logging
 

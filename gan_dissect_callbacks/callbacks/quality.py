@@ -30,6 +30,7 @@ from gan_dissect_callbacks.callbacks._real_images import (
 )
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
+from gan_dissect_callbacks.engines.passes import PassBatch, SampleConsumer, run_sample_pass
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.metrics.quality import DiscriminatorScore
 from gan_dissect_callbacks.metrics.swd import SlicedWassersteinDistance
@@ -149,18 +150,27 @@ class QualityMonitor(ScheduledAnalysis):
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         if not trainer.is_global_zero:  # rank 0 measures alone; the others have nothing to do
             return
-        values = self._compute(trainer, pl_module)
+        samples = self._take_samples(step)
+        if not isinstance(samples, _GeneratedQuality):
+            samples = self._sample_consumer(trainer, pl_module, step)
+            assert samples is not None  # on rank 0
+            run_sample_pass(self.analysed_generator, [samples])
+        samples.raise_error()
+        values = samples.compute()
         self.history.append({"step": step, **values})
         report_output(trainer, self.analysis_name).log_scalars(
             quality_scalars(values, self.analysis_name), step
         )
 
-    def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        g = self.analysed_generator
+    def _sample_consumer(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
+    ) -> _GeneratedQuality | None:
+        if not trainer.is_global_zero:
+            return None
         if self._swd is None:
             real = draw_real_images(self.real_images, trainer, pl_module, self.num_real, self.seed)
             # Keep every descriptor (no reservoir) and sync nothing: rank 0 measures alone.
-            self._swd = SlicedWassersteinDistance(
+            swd = SlicedWassersteinDistance(
                 image_size=real.shape[-1],
                 max_descriptors=max(len(real), self.num_samples) * self.num_descriptors_per_image,
                 num_descriptors_per_image=self.num_descriptors_per_image,
@@ -170,19 +180,49 @@ class QualityMonitor(ScheduledAnalysis):
                 sync_on_compute=False,
             )
             for chunk in real.split(self.batch_size):
-                self._swd.update(chunk, real=True)
-        swd = self._swd
-        discriminator = resolve_discriminator(pl_module, self.discriminator)
-        score = DiscriminatorScore(sync_on_compute=False) if discriminator is not None else None
-        # A discriminator outside the generator is put in eval mode too.
-        with g.harmless(also=[discriminator] if discriminator is not None else []):
-            for batch in g.samples(self.num_samples, self.batch_size, seed=self.seed):
-                images = g.images(batch.latents).float()
-                swd.update(images.cpu(), real=False)
-                if score is not None and discriminator is not None:
-                    score.update(discriminator(images).float().cpu())
-        values = {name: float(v) for name, v in swd.compute().items()}
-        swd.reset()
-        if score is not None:
-            values["discriminator_score"] = float(score.compute())
+                swd.update(chunk, real=True)
+            self._swd = swd
+        # A consumer that was filled but never computed (its check did not run) leaves fakes.
+        self._swd.reset()
+        return _GeneratedQuality(
+            self._swd,
+            resolve_discriminator(pl_module, self.discriminator),
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
+
+class _GeneratedQuality(SampleConsumer):
+    """A check's pass: the generated side of the SWD, and the discriminator's score."""
+
+    def __init__(
+        self,
+        swd: SlicedWassersteinDistance,
+        discriminator: Callable[[Tensor], Tensor] | None,
+        *,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        # A discriminator outside the generator is kept in eval mode too.
+        modules = [discriminator] if isinstance(discriminator, nn.Module) else []
+        super().__init__(num_samples, batch_size, seed=seed, modules=modules)
+        self.swd = swd
+        self.discriminator = discriminator
+        self.score = (
+            DiscriminatorScore(sync_on_compute=False) if discriminator is not None else None
+        )
+
+    def add(self, batch: PassBatch) -> None:
+        images = batch.images.float()
+        self.swd.update(images.cpu(), real=False)
+        if self.score is not None and self.discriminator is not None:
+            self.score.update(self.discriminator(images).float().cpu())
+
+    def compute(self) -> dict[str, float]:
+        values = {name: float(v) for name, v in self.swd.compute().items()}
+        self.swd.reset()
+        if self.score is not None:
+            values["discriminator_score"] = float(self.score.compute())
         return values

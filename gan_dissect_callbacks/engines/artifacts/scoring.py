@@ -31,6 +31,7 @@ from gan_dissect_callbacks.engines.generator import (
     GeneratorLike,
     featuremap_shape,
 )
+from gan_dissect_callbacks.engines.passes import PassBatch, SampleConsumer, run_sample_pass
 from gan_dissect_callbacks.functional.swd_sets import (
     SortedReal,
     image_descriptors,
@@ -39,7 +40,7 @@ from gan_dissect_callbacks.functional.swd_sets import (
 )
 from gan_dissect_callbacks.instrumentation import UnitEdit
 
-__all__ = ["UnitArtifactScores", "score_units"]
+__all__ = ["TopActivatingSamples", "UnitArtifactScores", "score_units"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,50 @@ def _generate_ablated(
     return torch.cat(out)
 
 
+class TopActivatingSamples(SampleConsumer):
+    """The pass of :func:`score_units`: each sample's image, latent and units' spatial maxima.
+
+    Every process takes every sample (the scoring is not split under ``torch.distributed``).
+
+    Args:
+        layer: the scored layer.
+        num_samples, batch_size, seed: as in :func:`score_units`.
+
+    Example:
+        >>> from gan_dissect_callbacks.demos.gan import SceneGenerator
+        >>> from gan_dissect_callbacks.engines.passes import run_sample_pass
+        >>> samples = TopActivatingSamples("layer2", num_samples=6, batch_size=4)
+        >>> run_sample_pass(AnalysedGenerator(SceneGenerator(image_size=16)), [samples])
+        >>> [tuple(p.shape) for p in samples.peaks]
+        [(4, 32), (2, 32)]
+    """
+
+    def __init__(self, layer: str, *, num_samples: int, batch_size: int, seed: int = 0) -> None:
+        super().__init__(num_samples, batch_size, seed=seed, layers=[layer])
+        self.layer = layer
+        #: Per batch: float32 images on the CPU, ``[B, U]`` spatial maxima, latents.
+        self.images: list[Tensor] = []
+        self.peaks: list[Tensor] = []
+        self.latents: list[Tensor] = []
+
+    def check_settings(self, other: TopActivatingSamples) -> None:
+        """Raise unless ``other`` was made with the same arguments (the scoring call's)."""
+        mine = (self.layer, self.num_samples, self.batch_size, self.seed)
+        theirs = (other.layer, other.num_samples, other.batch_size, other.seed)
+        if mine != theirs:
+            raise ValueError(
+                "Expected `samples` made with the layer, num_samples, batch_size and seed of the "
+                f"score_units() call {theirs}, but got {mine}."
+            )
+
+    def add(self, batch: PassBatch) -> None:
+        r = batch.activations[self.layer]
+        featuremap_shape(self.layer, r)
+        self.images.append(batch.images.float().cpu())
+        self.peaks.append(r.float().amax(dim=(2, 3)).cpu())
+        self.latents.append(batch.latents)
+
+
 def score_units(
     generator: GeneratorLike,
     layer: str,
@@ -177,6 +222,7 @@ def score_units(
     step: int | None = None,
     keep_images: bool = False,
     real_side: RealSide | None = None,
+    samples: TopActivatingSamples | None = None,
 ) -> UnitArtifactScores:
     """Artifact score of every unit of ``layer``, from its ``top_k`` top-activating images.
 
@@ -227,6 +273,10 @@ def score_units(
             ``real_images`` with the same ``seed`` and ``num_descriptors_per_image`` and at least
             ``num_projections`` directions, of which the first are used (kept by a caller that
             scores again, or shared with the verification); ``None``: made here.
+        samples: the scoring's pass, already run by
+            :func:`~gan_dissect_callbacks.engines.passes.run_sample_pass` beside other
+            analyses (made with this call's ``layer``, ``num_samples``, ``batch_size`` and
+            ``seed``); ``None``: run it here.
 
     Returns:
         A :class:`UnitArtifactScores`.
@@ -261,17 +311,19 @@ def score_units(
     g = AnalysedGenerator.wrap(generator)
     g.resolve_layer(layer)  # fails early, listing the valid names
 
-    images_list, peaks_list, latents_list = [], [], []
+    settings = TopActivatingSamples(
+        layer, num_samples=num_samples, batch_size=batch_size, seed=seed
+    )
+    if samples is None:
+        samples = settings
+        run_sample_pass(g, [samples])
+    else:
+        samples.check_settings(settings)
+    samples.raise_error()
     outside = [discriminator] if method == "discriminator" else []
     with g.harmless(also=outside):
-        for batch in g.samples(num_samples, batch_size, seed=seed):
-            images, acts = g.run(batch.latents, capture=[layer])
-            images_list.append(check_generated(images, real_images).float().cpu())
-            featuremap_shape(layer, acts[layer])
-            peaks_list.append(acts[layer].float().amax(dim=(2, 3)).cpu())
-            latents_list.append(batch.latents)
-        images = torch.cat(images_list)
-        peaks = torch.cat(peaks_list)  # [N, U]
+        images = check_generated(torch.cat(samples.images), real_images)
+        peaks = torch.cat(samples.peaks)  # [N, U]
         num_units = peaks.shape[1]
         excluded = set(
             check_unit_indices(exclude, num_units, "exclude", allow_empty=True, distinct=False)
@@ -315,7 +367,7 @@ def score_units(
                     g,
                     layer,
                     images,
-                    torch.cat(latents_list),
+                    torch.cat(samples.latents),
                     top[scored],
                     scored,
                     num_units,

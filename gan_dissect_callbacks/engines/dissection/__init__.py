@@ -43,15 +43,17 @@ from gan_dissect_callbacks.engines.dissection.report import (
 )
 from gan_dissect_callbacks.engines.dissection.streaming import (
     LayerStream,
+    StreamFactory,
     merge_topk,
-    stream_samples,
 )
 from gan_dissect_callbacks.engines.distributed import agree_on_failure, dist_info
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator, GeneratorLike
-from gan_dissect_callbacks.segmenters.base import Segmenter
+from gan_dissect_callbacks.engines.passes import PassBatch, SampleConsumer, run_sample_pass
+from gan_dissect_callbacks.segmenters.base import Segmenter, check_images
 
 __all__ = [
     "DissectionReport",
+    "DissectionSamples",
     "LayerReport",
     "ThresholdRule",
     "UnitExamples",
@@ -80,6 +82,7 @@ def dissect(
     metric_kwargs: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     step: int | None = None,
+    samples: DissectionSamples | None = None,
 ) -> DissectionReport:
     """Dissect ``layers`` of a generator: the best concept, IoU and threshold of every unit.
 
@@ -105,6 +108,9 @@ def dissect(
         metric_kwargs: extra arguments of :class:`UnitConceptIoU` (e.g. ``num_levels``).
         progress: called as ``progress(done, total)`` after each batch.
         step: the training step to stamp on the report.
+        samples: the dissection's pass, already run by
+            :func:`~gan_dissect_callbacks.engines.passes.run_sample_pass` beside other
+            analyses (made with the same arguments as this call); ``None``: run it here.
 
     Returns:
         A :class:`DissectionReport`.
@@ -129,28 +135,28 @@ def dissect(
             f"every process gets samples, but got {num_samples}."
         )
     vocabulary = segmenter.vocabulary
-    new_stream = partial(
-        LayerStream,
-        num_concepts=len(vocabulary),
-        quantile=quantile,
-        top_k=top_k,
-        metric_kwargs=metric_kwargs,
-    )
-
-    with g.harmless():
-        streams: dict[str, LayerStream] = {}
-        if world > 1:
-            streams = calibrate_on_first_samples(
-                g, layers, segmenter, new_stream, num_samples=num_samples,
-                batch_size=batch_size, seed=seed, metric_kwargs=metric_kwargs,
-            )  # fmt: skip
-        # Streaming holds no collective (the levels are set by now under DDP); every process
-        # learns after it whether any one failed, so the merges below see all or none.
+    settings = DissectionSamples(
+        layers, segmenter, num_samples=num_samples, batch_size=batch_size, seed=seed,
+        quantile=quantile, top_k=top_k, metric_kwargs=metric_kwargs, progress=progress,
+    )  # fmt: skip
+    if samples is None:
+        samples = settings
+        # Streaming holds no collective (the levels are set in `begin` under DDP); every
+        # process learns after it whether any one failed, so the merges below see all or none.
         with agree_on_failure("the dissection"):
-            stream_samples(
-                g, layers, segmenter, streams, new_stream, num_samples=num_samples,
-                batch_size=batch_size, seed=seed, progress=progress,
-            )  # fmt: skip
+            run_sample_pass(g, [samples])
+            samples.raise_error()
+    else:
+        samples.check_settings(settings)
+        samples.raise_error()
+    streams = samples.streams
+    if samples.lowest >= 0.0 and dist_info()[0] == 0:
+        warnings.warn(
+            f"Every image of the dissection stayed in [0, 1] (lowest value {samples.lowest:.3g}), "
+            "but images are expected in [-1, 1]: the segmenter sees them too bright. If the "
+            "generator outputs [0, 1], pass `generate=lambda z: g(z) * 2 - 1`.",
+            stacklevel=2,
+        )
 
     results = {name: streams[name].compute() for name in layers}
     fraction = results[layers[-1]].concept_fraction.tolist()
@@ -185,6 +191,103 @@ def dissect(
     with g.harmless():
         examples = unit_examples(g, report, batch_size=batch_size, top_n=top_n)
     return replace(report, examples=examples)
+
+
+class DissectionSamples(SampleConsumer):
+    """The pass of a dissection: every layer's stream, fed from a (possibly shared) pass.
+
+    :func:`dissect` makes one and runs it alone, unless it is given one that already ran beside
+    other analyses (see :mod:`~gan_dissect_callbacks.engines.passes`). Under
+    ``torch.distributed`` each process takes its share of the samples, and :meth:`begin`
+    calibrates every layer's levels on the first samples together (collectives), so a shared
+    pass may only hold consumers that every process runs alike.
+
+    Args:
+        layers: the dissected layers.
+        segmenter: gives the concept masks.
+        num_samples, batch_size, seed, quantile, top_k, metric_kwargs: as in :func:`dissect`.
+        progress: called as ``progress(done, total)`` after each batch.
+
+    Example:
+        >>> from gan_dissect_callbacks.demos.gan import SceneGenerator
+        >>> from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
+        >>> from gan_dissect_callbacks.engines.passes import run_sample_pass
+        >>> gan, segmenter = SceneGenerator(image_size=16), load_toy_segmenter()
+        >>> samples = DissectionSamples(["layer2"], segmenter, num_samples=8, batch_size=4)
+        >>> run_sample_pass(AnalysedGenerator(gan), [samples])
+        >>> report = dissect(gan, ["layer2"], segmenter, num_samples=8, batch_size=4,
+        ...                  samples=samples)
+        >>> report.num_samples, samples.streams["layer2"].metric.num_units
+        (8, 32)
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str],
+        segmenter: Segmenter,
+        *,
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+        quantile: float = 0.99,
+        top_k: int = 8,
+        metric_kwargs: dict[str, Any] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        super().__init__(
+            num_samples, batch_size, seed=seed, layers=layers, segmenter=segmenter, split=True
+        )
+        self.segmenter: Segmenter = segmenter
+        self.quantile = quantile
+        self.top_k = top_k
+        self.metric_kwargs = dict(metric_kwargs or {})
+        self.progress = progress
+        self.new_stream: StreamFactory = partial(
+            LayerStream,
+            num_concepts=len(segmenter.vocabulary),
+            quantile=quantile,
+            top_k=top_k,
+            metric_kwargs=self.metric_kwargs,
+        )
+        #: ``{layer: LayerStream}``, filled by the pass.
+        self.streams: dict[str, LayerStream] = {}
+        #: The lowest image value seen (a dissection of [0, 1] images gets a warning).
+        self.lowest = float("inf")
+        self._done = 0
+
+    def _settings(self) -> tuple[Any, ...]:
+        return (
+            self.layers, id(self.segmenter), self.num_samples, self.batch_size, self.seed,
+            self.quantile, self.top_k, self.metric_kwargs,
+        )  # fmt: skip
+
+    def check_settings(self, other: DissectionSamples) -> None:
+        """Raise unless ``other`` was made with the same arguments (the dissect call's)."""
+        if self._settings() != other._settings():
+            raise ValueError(
+                "Expected `samples` made with the same layers, segmenter, num_samples, "
+                "batch_size, seed, quantile, top_k and metric_kwargs as the dissect() call, but "
+                f"they differ: {self._settings()} against {other._settings()}."
+            )
+
+    def begin(self, g: AnalysedGenerator) -> None:
+        if dist_info()[1] > 1:
+            self.streams = calibrate_on_first_samples(
+                g, self.layers, self.segmenter, self.new_stream, num_samples=self.num_samples,
+                batch_size=self.batch_size, seed=self.seed, metric_kwargs=self.metric_kwargs,
+            )  # fmt: skip
+
+    def add(self, batch: PassBatch) -> None:
+        self.lowest = min(self.lowest, check_images(batch.images)[0])
+        masks = batch.masks_of(self.segmenter)
+        for name in self.layers:
+            r = batch.activations[name]
+            if name not in self.streams:
+                self.streams[name] = self.new_stream(name, r, masks)
+            self.streams[name].update(r, masks, batch.indices)
+        self._done += len(batch.indices)
+        if self.progress is not None:
+            self.progress(self._done * dist_info()[1], self.num_samples)
 
 
 def _warn_of_absent_concepts(fraction: list[float], names: Sequence[str], num_samples: int) -> None:

@@ -17,20 +17,18 @@ Example:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from gan_dissect_callbacks.engines.distributed import all_gather_cat, dist_info
-from gan_dissect_callbacks.engines.generator import AnalysedGenerator, featuremap_shape
+from gan_dissect_callbacks.engines.generator import featuremap_shape
 from gan_dissect_callbacks.functional.unit_concept import UnitConceptIoUResult
 from gan_dissect_callbacks.metrics.unit_concept_iou import UnitConceptIoU
-from gan_dissect_callbacks.segmenters.base import Segmenter, check_images, checked_segment
 
-__all__ = ["LayerStream", "StreamFactory", "gather_topk", "merge_topk", "stream_samples"]
+__all__ = ["LayerStream", "StreamFactory", "gather_topk", "merge_topk"]
 
 
 def merge_topk(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -129,52 +127,3 @@ class LayerStream:
 #: Makes a layer's stream from its first featuremap and that batch's concept masks, e.g.
 #: ``functools.partial(LayerStream, num_concepts=..., quantile=..., top_k=...)``.
 StreamFactory = Callable[[str, Tensor, Tensor], LayerStream]
-
-
-def stream_samples(
-    g: AnalysedGenerator,
-    layers: Sequence[str],
-    segmenter: Segmenter,
-    streams: dict[str, LayerStream],
-    new_stream: StreamFactory,
-    *,
-    num_samples: int,
-    batch_size: int,
-    seed: int,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, LayerStream]:
-    """Stream this process's share of the samples into every layer's stream.
-
-    Each batch runs once through the generator (capturing every layer in the same pass) and once
-    through the segmenter. A layer without a stream in ``streams`` gets one from ``new_stream``
-    on its first batch. Run it inside ``g.harmless()``.
-
-    Args:
-        progress: called as ``progress(done, total)`` after each batch (``done`` counts every
-            process's samples).
-
-    Returns:
-        ``streams``, filled.
-    """
-    rank, world = dist_info()
-    done = 0
-    lowest = float("inf")
-    for batch in g.samples(num_samples, batch_size, seed=seed, rank=rank, world_size=world):
-        images, acts = g.run(batch.latents, capture=layers)
-        lowest = min(lowest, check_images(images)[0])
-        masks = checked_segment(segmenter, images)
-        for name in layers:
-            if name not in streams:
-                streams[name] = new_stream(name, acts[name], masks)
-            streams[name].update(acts[name], masks, batch.indices)
-        done += len(batch.indices)
-        if progress is not None:
-            progress(done * world, num_samples)
-    if lowest >= 0.0 and rank == 0:
-        warnings.warn(
-            f"Every image of the dissection stayed in [0, 1] (lowest value {lowest:.3g}), but "
-            "images are expected in [-1, 1]: the segmenter sees them too bright. If the generator "
-            "outputs [0, 1], pass `generate=lambda z: g(z) * 2 - 1`.",
-            stacklevel=3,
-        )
-    return streams
