@@ -7,7 +7,9 @@ and prints, as JSON, the median seconds of each callback's analysis and of each 
 first (which also prepares what later ones keep). A callback's seconds are those its overhead
 budget is charged: its own analysis, plus its part of a pass of samples shared with the
 analyses due at the same step, less any analysis it ran inside (docs/callbacks.md); the
-``"cycle"`` entry is all of them together. It is the quick way to compare two versions
+``"cycle"`` entry is all four together at a step where all four ran. ``generator_batches`` is
+how many batches the generator ran for the analyses of such a step (forward passes without
+gradients; the demo's training runs none). It is the quick way to compare two versions
 of the code side by side: run it alternately against each checkout, e.g.
 
     PYTHONPATH=/path/to/old/checkout python benchmarks/bench_analysis_cycle.py
@@ -57,9 +59,11 @@ def _timed(record: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _charged(record: list[float], fn: Callable[[float, int], Any]) -> Callable[[float, int], Any]:
+def _charged(
+    record: dict[int, float], fn: Callable[[float, int], Any]
+) -> Callable[[float, int], Any]:
     def charge(seconds: float, step: int) -> Any:
-        record.append(seconds)
+        record[step] = record.get(step, 0.0) + seconds
         return fn(seconds, step)
 
     return charge
@@ -78,10 +82,20 @@ def main() -> None:
     callbacks = default_callbacks(every_n_batches=args.every)
     for callback in callbacks:
         callback.raise_on_error = True
+    charged: dict[str, dict[int, float]] = {}
     for callback in callbacks:
         callback.budget.record_analysis = _charged(  # type: ignore[method-assign]
-            times.setdefault(type(callback).__name__, []), callback.budget.record_analysis
+            charged.setdefault(type(callback).__name__, {}), callback.budget.record_analysis
         )
+    gan = load_pretrained_scene_gan()
+    batches: dict[int, int] = {}
+
+    def count(*_: Any) -> None:
+        if not torch.is_grad_enabled():
+            step = trainer.fit_loop.total_batch_idx + 1 if trainer.training else 0
+            batches[step] = batches.get(step, 0) + 1
+
+    gan.generator.register_forward_hook(count)
     trainer = pl.Trainer(
         max_steps=2 * args.batches,  # two optimizer steps per batch
         max_epochs=-1,
@@ -95,10 +109,22 @@ def main() -> None:
     data = SceneDataModule(num_scenes=64 * (args.batches + 2), batch_size=64, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(load_pretrained_scene_gan(), datamodule=data)
-    times["cycle"] = [sum(t) for t in zip(*(times[type(c).__name__] for c in callbacks))]
+        trainer.fit(gan, datamodule=data)
+    for name, per_step in charged.items():
+        times[name] = list(per_step.values())
+    full = sorted(set.intersection(*(set(per_step) for per_step in charged.values())))
+    times["cycle"] = [sum(per_step[s] for per_step in charged.values()) for s in full]
     medians = {k: round(statistics.median(v[1:] or v), 3) for k, v in times.items() if v}
-    print(json.dumps({"code": gan_dissect_callbacks.__file__, "median_s": medians}))
+    generated = statistics.median(batches.get(s, 0) for s in full[1:] or full)
+    print(
+        json.dumps(
+            {
+                "code": gan_dissect_callbacks.__file__,
+                "median_s": medians,
+                "generator_batches": generated,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

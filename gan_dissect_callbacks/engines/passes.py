@@ -91,8 +91,9 @@ class SampleConsumer(ABC):
 
     Attributes:
         error: the exception that stopped it, or ``None``.
-        seconds: its share of the pass's wall time: its own :meth:`begin` and :meth:`add`,
-            plus an equal part of the generating and segmenting that all consumers shared.
+        seconds: its share of the pass's wall time: its own :meth:`begin` and :meth:`add`, an
+            equal part of generating each batch it took with the consumers that took it too,
+            and of segmenting them with the consumers of the same segmenter.
     """
 
     def __init__(
@@ -172,8 +173,7 @@ def run_sample_pass(g: AnalysedGenerator, consumers: Sequence[SampleConsumer]) -
             f"{[(c.seed, c.batch_size, c.num_samples, c.split) for c in consumers]}."
         )
     clock = time.perf_counter
-    started = clock()
-    own = [0.0] * len(consumers)
+    charged = [0.0] * len(consumers)
 
     def hand(index: int, call: object, *args: object) -> None:
         consumer = consumers[index]
@@ -182,11 +182,16 @@ def run_sample_pass(g: AnalysedGenerator, consumers: Sequence[SampleConsumer]) -
             call(*args)  # type: ignore[operator]
         except Exception as err:  # it stops this consumer only; its analysis re-raises it
             consumer.error = err
-        own[index] += clock() - begun
+        charged[index] += clock() - begun
+
+    def share(seconds: float, among: Sequence[int]) -> None:
+        for index in among:
+            charged[index] += seconds / len(among)
 
     total = max(c.num_samples for c in consumers)
     rank, world = lead.share()
     extra = [m for c in consumers for m in c.modules]
+    started = clock()
     try:
         with g.harmless(also=extra):
             for index, consumer in enumerate(consumers):
@@ -199,14 +204,25 @@ def run_sample_pass(g: AnalysedGenerator, consumers: Sequence[SampleConsumer]) -
                 ]
                 if not taking:
                     break
+                begun = clock()
                 layers = list(dict.fromkeys(name for i in taking for name in consumers[i].layers))
                 images, acts = g.run(batch.latents, capture=layers)
-                segmenters = {id(s): s for i in taking if (s := consumers[i].segmenter) is not None}
-                masks = {key: checked_segment(s, images) for key, s in segmenters.items()}
+                share(clock() - begun, taking)
+                masks = {}
+                for i in taking:
+                    segmenter = consumers[i].segmenter
+                    if segmenter is not None and id(segmenter) not in masks:
+                        begun = clock()
+                        masks[id(segmenter)] = checked_segment(segmenter, images)
+                        share(
+                            clock() - begun,
+                            [j for j in taking if consumers[j].segmenter is segmenter],
+                        )
                 shared = PassBatch(batch.indices, batch.latents, images, acts, masks)
                 for i in taking:
                     hand(i, consumers[i].add, shared)
     finally:
-        common = max(0.0, clock() - started - sum(own)) / len(consumers)
-        for consumer, seconds in zip(consumers, own, strict=True):
-            consumer.seconds = seconds + common
+        # The rest (drawing latents, the harmless context) is shared by all alike.
+        rest = max(0.0, clock() - started - sum(charged)) / len(consumers)
+        for consumer, seconds in zip(consumers, charged, strict=True):
+            consumer.seconds = seconds + rest
