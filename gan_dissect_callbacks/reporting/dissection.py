@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from gan_dissect_callbacks.reporting.charts import category_chart_pixels
+from gan_dissect_callbacks.reporting.charts import category_chart
 from gan_dissect_callbacks.reporting.evolution import (
     timeline_markdown,
     timeline_pixels,
@@ -232,7 +232,7 @@ def log_dissection(
     (``ReportOutput.tensorboard()`` does). A ``SummaryWriter`` gets the images as the PNG
     files ``add_image`` would write, pixel for pixel, encoded here in a fraction of the time;
     the unit-class chart is drawn again only when its data changed
-    (:func:`~gan_dissect_callbacks.reporting.charts.category_chart_pixels`).
+    (:func:`~gan_dissect_callbacks.reporting.charts.category_chart`).
 
     Args:
         writer: the ``SummaryWriter``.
@@ -262,7 +262,7 @@ def log_dissection(
             writer.add_histogram(
                 f"{tag}/best_iou", torch.tensor([u.iou for u in layer.units]), step
             )
-            images.add(f"{tag}/unit_classes", category_chart_pixels(layer, vocabulary), step)
+            images.add(f"{tag}/unit_classes", category_chart(layer, vocabulary).pixels, step)
             writer.add_text(
                 f"{tag}/units",
                 units_markdown(layer, categories=vocabulary.categories),

@@ -44,6 +44,7 @@ __all__ = [
     "label_font",
     "line_metrics",
     "png_bytes",
+    "sized_font",
     "text_band",
     "text_band_pixels",
     "text_width",
@@ -86,11 +87,22 @@ def label_font(cap_height: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         True
     """
     for size in range(cap_height, 4 * cap_height + 8):
-        font = ImageFont.load_default(size=size)
+        font = sized_font(size)
         _, top, _, bottom = font.getbbox("H")
         if bottom - top >= cap_height:
             return font
-    return ImageFont.load_default(size=4 * cap_height + 8)
+    return sized_font(4 * cap_height + 8)
+
+
+@lru_cache(maxsize=32)
+def sized_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in scalable font at ``size`` pixels (the em), made once per size.
+
+    Example:
+        >>> sized_font(11) is sized_font(11)
+        True
+    """
+    return ImageFont.load_default(size=size)
 
 
 def line_metrics(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> tuple[int, int]:

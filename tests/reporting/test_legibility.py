@@ -13,7 +13,12 @@ from torch import Tensor
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
-from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image, lay_out_plot
+from gan_dissect_callbacks.reporting.charts import (
+    Box,
+    category_chart,
+    figure_to_image,
+    lay_out_plot,
+)
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
 from gan_dissect_callbacks.reporting.intervention import intervention_grid, removal_chart
@@ -140,7 +145,15 @@ def test_the_outline_of_sun_and_cloud_in_a_gallery_is_dark_against_them(concept:
 # --------------------------------------------------------------------------------- legends
 
 
-def test_the_category_chart_legend_and_title_lie_inside_the_figure_with_long_names() -> None:
+def ink_inside(pixels: Tensor, box: Box) -> bool:
+    """Whether every dark pixel of the chart near ``box`` lies in it (a text's own box)."""
+    dark = (pixels < 0.5).all(dim=0)
+    grown = dark[max(0, box.y0 - 1) : box.y1 + 1, max(0, box.x0 - 1) : box.x1 + 1]
+    inner = dark[box.y0 : box.y1, box.x0 : box.x1]
+    return bool(inner.any()) and int(inner.sum()) == int(grown.sum())
+
+
+def test_the_category_chart_legend_and_title_lie_inside_the_chart_with_long_names() -> None:
     categories = [
         "object",
         "material: a long category name that would be cut off",
@@ -151,56 +164,54 @@ def test_the_category_chart_legend_and_title_lie_inside_the_figure_with_long_nam
     units = [
         UnitReport(u, f"concept {u % 4}", categories[u % 4], 0.2, 1.0, 0.1, True) for u in range(9)
     ]
-    fig = category_chart(LayerReport("generator.layer3", 9, units, []), vocab)
-    image = figure_to_image(fig)  # draws the figure as it is logged
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    figure = fig.bbox
-    assert image.shape[2] == int(figure.width)
-    legend = fig.axes[0].get_legend()
-    assert legend is not None
-    texts = [t.get_text() for t in legend.get_texts()]
+    chart = category_chart(LayerReport("generator.layer3", 9, units, []), vocab)
+    height, width = chart.pixels.shape[:2]
+    whole = Box(0, 0, width, height)
+    texts = [text for text, _ in chart.legend]
     assert "material: a long category name that would be cut off: 2 units" in texts
-    title = fig.get_suptitle()
-    suptitle = next(t for t in fig.texts if t.get_text() == title)
-    for artist in [legend, suptitle, *legend.get_texts()]:
-        box = artist.get_window_extent(renderer)
-        assert box.x0 >= 0 and box.x1 <= figure.width
-        assert box.y0 >= 0 and box.y1 <= figure.height
+    shown = {kind for kind, _, _ in chart.texts}
+    assert {"title", "legend"} <= shown
+    for kind, text, box in chart.texts:
+        if kind in ("title", "legend"):
+            assert box.inside(whole), text
+            assert not box.overlaps(chart.plot), text
 
 
 @pytest.mark.parametrize("units_per_concept", [1, 1500])
-def test_the_category_chart_texts_lie_inside_the_figure_and_clear_of_each_other(
+def test_the_category_chart_texts_lie_inside_the_chart_and_clear_of_each_other(
     units_per_concept: int,
 ) -> None:
-    # Long upright concept names below the axes, four-digit counts beside them.
+    # Long upright concept names below the plot, four-digit counts beside it.
     names = ["sky", "a rather long concept name", "window"]
     vocab = ConceptVocabulary.from_pairs(list(zip(names, ["object", "part", "part"])))
     units = [
         UnitReport(u, names[u % 3], vocab.category_of(names[u % 3]), 0.2, 1.0, 0.1, True)
         for u in range(3 * units_per_concept)
     ]
-    fig = category_chart(LayerReport("generator.layer3", len(units), units, []), vocab)
-    figure_to_image(fig)  # draws the figure as it is logged
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    ax = fig.axes[0]
-    legend = ax.get_legend()
-    assert legend is not None
-    title = next(t for t in fig.texts if t.get_text() == fig.get_suptitle())
-    axes_box = ax.get_window_extent(renderer)
-    low, high = ax.get_ylim()
-    shown = [t for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
-    assert len(shown) >= 2
-    texts = [*ax.get_xticklabels(), *shown, ax.yaxis.label, legend, title]
-    for artist in texts:
-        box = artist.get_window_extent(renderer)
-        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, artist
-        assert box.y0 >= 0 and box.y1 <= fig.bbox.height, artist
-    for label in ax.get_xticklabels():  # below the axes
-        assert label.get_window_extent(renderer).y1 <= axes_box.y0
-    for artist in [*shown, ax.yaxis.label]:  # left of the axes
-        assert artist.get_window_extent(renderer).x1 <= axes_box.x0
-    legend_box, title_box = legend.get_window_extent(renderer), title.get_window_extent(renderer)
-    assert axes_box.y1 <= legend_box.y0 and legend_box.y1 <= title_box.y0  # stacked above
+    chart = category_chart(LayerReport("generator.layer3", len(units), units, []), vocab)
+    pixels = chart.image()
+    height, width = chart.pixels.shape[:2]
+    whole, plot = Box(0, 0, width, height), chart.plot
+    kinds = [kind for kind, _, _ in chart.texts]
+    assert kinds.count("x tick") == 3 and kinds.count("y tick") >= 2
+    assert kinds.count("y label") == kinds.count("title") == 1
+    for kind, text, box in chart.texts:
+        assert box.inside(whole), text
+        assert not box.overlaps(plot), text
+        assert ink_inside(pixels, box), text  # the box holds the text, and only it
+        if kind == "x tick":
+            assert box.y0 > plot.y1  # below the plot
+        elif kind in ("y tick", "y label"):
+            assert box.x1 < plot.x0  # left of it
+        else:
+            assert box.y1 < plot.y0  # above it
+    boxes = [box for _, _, box in chart.texts]
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+    top = {kind: box for kind, _, box in chart.texts if kind in ("title", "legend")}
+    assert top["title"].y1 <= top["legend"].y0  # the title above the legend
+    for bar in chart.bars:  # each bar stands on the plot's floor, inside it
+        assert bar.box.inside(plot) and bar.box.y1 == plot.y1
 
 
 @pytest.mark.parametrize("concept", ["sky", "chest of drawers"])

@@ -172,7 +172,7 @@ def test_log_dissection_stores_the_very_pixels_add_image_would(tmp_path: Path) -
         # What log_dissection wrote before it encoded PNGs itself: add_image of float images.
         for page, gallery in enumerate(unit_galleries(r)["a"]):
             reference.add_image(f"dissection/a/gallery/{page}", gallery, step)
-        chart = figure_to_image(category_chart(r.layers["a"], SCENE_VOCABULARY))
+        chart = category_chart(r.layers["a"], SCENE_VOCABULARY).image()
         reference.add_image("dissection/a/unit_classes", chart, step)
         timeline = timeline_image(unit_timeline(history, "a", top_n=3))
         reference.add_image("dissection/a/unit_timeline", timeline, step)
@@ -215,7 +215,7 @@ def test_log_dissection_gives_other_writers_the_float_images() -> None:
     assert all(
         torch.equal(writer.images[f"dissection/a/gallery/{i}"], p) for i, p in enumerate(pages)
     )
-    chart = figure_to_image(category_chart(r.layers["a"], SCENE_VOCABULARY))
+    chart = category_chart(r.layers["a"], SCENE_VOCABULARY).image()
     assert torch.equal(writer.images["dissection/a/unit_classes"], chart)
     timeline = timeline_image(unit_timeline(history, "a", top_n=3))
     assert torch.equal(writer.images["dissection/a/unit_timeline"], timeline)

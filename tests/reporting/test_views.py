@@ -10,9 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 from torch import Tensor
 from torch.utils.tensorboard.summary import image as tensorboard_image_summary
@@ -24,12 +22,7 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitExamples,
     UnitReport,
 )
-from gan_dissect_callbacks.reporting.charts import (
-    category_chart,
-    category_chart_pixels,
-    figure_pixels,
-    figure_to_image,
-)
+from gan_dissect_callbacks.reporting.charts import category_chart, figure_pixels, figure_to_image
 from gan_dissect_callbacks.reporting.dissection import run_scalars, scalar_values, unit_galleries
 from gan_dissect_callbacks.reporting.galleries import (
     GalleryRow,
@@ -54,6 +47,7 @@ from gan_dissect_callbacks.reporting.layouts import (
     layer_scalar_tags,
 )
 from gan_dissect_callbacks.reporting.tables import units_markdown
+from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
 YELLOW = torch.tensor([1.0, 1.0, 0.0])
 BLACK = torch.tensor([0.0, 0.0, 0.0])
@@ -369,18 +363,6 @@ def test_png_bytes_rejects_other_arrays_with_a_message_naming_the_argument() -> 
 # --------------------------------------------------------------------------------- chart
 
 
-def bars(fig: Figure) -> list[Rectangle]:
-    patches = list(fig.axes[0].patches)
-    assert all(isinstance(p, Rectangle) for p in patches)
-    return [p for p in patches if isinstance(p, Rectangle)]
-
-
-def legend_texts(fig: Figure) -> list[str]:
-    legend = fig.axes[0].get_legend()
-    assert legend is not None
-    return [t.get_text() for t in legend.get_texts()]
-
-
 def chart_layer() -> LayerReport:
     labels = ["sky", "house", "sky", "window", "grass", "sky", "door", "window", "cloud"]
     units = [unit(i, c, iou=0.1 + 0.01 * i) for i, c in enumerate(labels)]
@@ -388,42 +370,58 @@ def chart_layer() -> LayerReport:
     return LayerReport("generator.layer3", len(units), units, [])
 
 
-def test_chart_has_a_bar_per_concept_sorted_within_category_and_coloured_by_it() -> None:
-    layer = chart_layer()
-    fig = category_chart(layer, SCENE_VOCABULARY)
-    ax = fig.axes[0]
-    names = [t.get_text() for t in ax.get_xticklabels()]
-    heights = [p.get_height() for p in bars(fig)]
-    colours = [p.get_facecolor() for p in bars(fig)]
+def colour_at(pixels, box) -> tuple[int, ...]:
+    """The colour at the middle of a box of the chart's pixels."""
+    return tuple(int(v) for v in pixels[(box.y0 + box.y1) // 2, (box.x0 + box.x1) // 2])
 
-    assert names == ["sky", "cloud", "house", "window", "door", "grass"]
-    assert heights == [3, 1, 1, 2, 1, 1]
+
+def test_chart_has_a_bar_per_concept_sorted_within_category_and_coloured_by_it() -> None:
+    chart = category_chart(chart_layer(), SCENE_VOCABULARY)
+    assert [b.concept for b in chart.bars] == ["sky", "cloud", "house", "window", "door", "grass"]
+    assert [b.units for b in chart.bars] == [3, 1, 1, 2, 1, 1]
+    colours = [colour_at(chart.pixels, b.box) for b in chart.bars]  # as drawn
+    assert colours == [b.colour for b in chart.bars]
     assert colours[0] == colours[1] == colours[2]
     assert colours[3] == colours[4]
     assert len({colours[0], colours[3], colours[5]}) == 3
-    assert legend_texts(fig) == ["object: 5 units", "part: 3 units", "material: 1 unit"]
-    legend = ax.get_legend()
-    assert legend is not None
-    handles = [h for h in legend.legend_handles if isinstance(h, Patch)]
-    assert [to_rgba(h.get_facecolor()) for h in handles] == [colours[0], colours[3], colours[5]]
-    assert fig.get_suptitle() == "generator.layer3: 10 units, 5 object, 3 part, 1 material"
+    assert chart.legend == (
+        ("object: 5 units", colours[0]),
+        ("part: 3 units", colours[3]),
+        ("material: 1 unit", colours[5]),
+    )
+    assert chart.title == "generator.layer3: 10 units, 5 object, 3 part, 1 material"
+    # Heights in proportion to the units, from one floor.
+    heights = [b.box.y1 - b.box.y0 for b in chart.bars]
+    assert heights[1] == heights[2] == heights[4] == heights[5]
+    assert abs(heights[0] - 3 * heights[1]) <= 2 and abs(heights[3] - 2 * heights[1]) <= 2
+    names = [text for kind, text, _ in chart.texts if kind == "x tick"]
+    assert names == [b.concept for b in chart.bars]
 
 
 def test_chart_puts_categories_unknown_to_the_vocabulary_last() -> None:
     units = [unit(0, "red"), unit(1, "red"), unit(2, "sky")]  # "red" has category "x"
-    fig = category_chart(LayerReport("l", 3, units, []), SCENE_VOCABULARY)
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sky", "red"]
-    assert [p.get_height() for p in bars(fig)] == [1, 2]
-    assert legend_texts(fig) == ["object: 1 unit", "x: 2 units"]
+    chart = category_chart(LayerReport("l", 3, units, []), SCENE_VOCABULARY)
+    assert [(b.concept, b.units) for b in chart.bars] == [("sky", 1), ("red", 2)]
+    assert [text for text, _ in chart.legend] == ["object: 1 unit", "x: 2 units"]
 
 
 def test_chart_of_a_layer_without_interpretable_units_says_so() -> None:
     layer = LayerReport("l", 2, [unit(0, "sky", 0.01, False), unit(1, "sun", 0.0, False)], [])
-    fig = category_chart(layer, SCENE_VOCABULARY)
-    assert len(fig.axes[0].patches) == 0
-    assert [t.get_text() for t in fig.axes[0].texts] == ["no interpretable units"]
-    image = figure_to_image(fig)
-    assert image.shape == (3, 320, 400)
+    chart = category_chart(layer, SCENE_VOCABULARY)
+    assert chart.bars == () and chart.legend == ()
+    assert [text for kind, text, _ in chart.texts if kind == "note"] == ["no interpretable units"]
+    assert chart.pixels.shape == (320, 400, 3)
+
+
+def test_chart_widens_with_its_bars_and_is_drawn_once_per_data() -> None:
+    vocab = ConceptVocabulary.from_pairs([(f"c{i}", "object") for i in range(20)])
+    units = [unit(i, f"c{i}") for i in range(20)]
+    chart = category_chart(LayerReport("l", 20, units, []), vocab)
+    assert chart.pixels.shape == (320, 150 + 30 * 20, 3)
+    same = LayerReport("l", 20, list(units), [])
+    assert category_chart(same, vocab) is chart  # not drawn again
+    assert not chart.pixels.flags.writeable  # shared, so nobody may paint on it
+    assert torch.equal(chart.image(), torch.from_numpy(chart.pixels.copy()).permute(2, 0, 1) / 255)
 
 
 # --------------------------------------------------------------------------------- figure
@@ -456,23 +454,6 @@ def test_figure_to_image_draws_the_figure_and_closes_pyplot_figures() -> None:
 def test_figure_to_image_rejects_other_objects() -> None:
     with pytest.raises(ValueError, match=r"`fig` to be a matplotlib Figure, but got Tensor"):
         figure_to_image(torch.zeros(3, 4, 4))  # type: ignore[arg-type]
-
-
-def test_category_chart_pixels_are_the_charts_own_drawn_once_per_data() -> None:
-    layer = chart_layer()
-    pixels = category_chart_pixels(layer, SCENE_VOCABULARY)
-    assert np.array_equal(pixels, figure_pixels(category_chart(layer, SCENE_VOCABULARY)))
-    assert np.array_equal(
-        pixels, tensorboard_pixels(figure_to_image(category_chart(layer, SCENE_VOCABULARY)))
-    )
-    same_data = LayerReport(layer.layer, layer.num_units, list(layer.units), [])
-    assert category_chart_pixels(same_data, SCENE_VOCABULARY) is pixels  # not drawn again
-    assert not pixels.flags.writeable  # shared, so nobody may paint on it
-    relabelled = [unit(0, "tree", 0.1), *layer.units[1:]]
-    other = category_chart_pixels(
-        LayerReport(layer.layer, layer.num_units, relabelled, []), SCENE_VOCABULARY
-    )
-    assert not np.array_equal(other, pixels)
 
 
 def test_figure_pixels_are_tensorboards_pixels_of_figure_to_image() -> None:
