@@ -1,33 +1,27 @@
-"""Charts for TensorBoard: the paper's unit-class distribution, and figures as image tensors.
+"""Charts for TensorBoard, drawn with Pillow: the paper's unit-class distribution, line charts.
 
-Pure rendering. :func:`category_chart` draws a layer's unit classes with Pillow, in a few
-milliseconds (the matplotlib figure it replaced took about 0.1 s, several times per
-dissection), and says where it put every bar and text. For matplotlib figures (the
-intervention's removal curves), :func:`figure_to_image` turns one into a ``[3, H, W]`` tensor
-in ``[0, 1]``, :func:`figure_pixels` into the 8-bit pixels TensorBoard stores of it, and
-:func:`lay_out_plot` sets a plot's margins from its texts without drawing it first.
+Pure rendering, a few milliseconds a chart: :func:`category_chart` draws a layer's unit
+classes, :func:`line_chart` lines through points (the intervention's removal curves). Each
+returns the chart's pixels and where it put every bar, point and text, which is what the
+legibility tests check. They replaced matplotlib figures that took 0.04-0.1 s each, several
+times per analysis (most of that in creating and drawing tick labels).
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from matplotlib import rcParams
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from gan_dissect_callbacks.reporting.images import (
     from_pixels,
-    image_pixels,
     line_metrics,
     sized_font,
     text_width,
@@ -41,10 +35,10 @@ __all__ = [
     "Bar",
     "Box",
     "CategoryChart",
+    "LineChart",
+    "Series",
     "category_chart",
-    "figure_pixels",
-    "figure_to_image",
-    "lay_out_plot",
+    "line_chart",
 ]
 
 # ------------------------------------------------------------------------ the unit classes
@@ -168,9 +162,8 @@ def _chart_data(layer: LayerReport, vocabulary: ConceptVocabulary) -> _ChartData
 #: Sizes of the chart in pixels: its height, its least width, the width it takes per bar, the
 #: margin around everything, the ticks' length and the gap between texts and what they label.
 _HEIGHT, _MIN_WIDTH, _PER_BAR, _MARGIN, _TICK, _GAP = 320, 400, 30, 5, 4, 3
-#: Font sizes (pixels) of the title and of every other text. The matplotlib figure this chart
-#: replaced used 9 and 8 points at 100 dpi (12.5 and 11 px); at 11 px Pillow's font runs words
-#: together, so one pixel more.
+#: Font sizes (pixels) of the title and of every other text: a pixel above the 9 and 8 points
+#: at 100 dpi of the matplotlib figure this chart replaced.
 _TITLE_SIZE, _TEXT_SIZE = 14, 12
 
 _Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -207,8 +200,7 @@ def _draw_category_chart(
     highest = max((n for _, n, _ in bars), default=0)
     # As many tick labels as fit with a line between them (matplotlib's at most 9 are denser).
     ticks = _integer_ticks(highest, most=max(2, (bottom - top) // (2 * line))) if bars else []
-    widest_tick = max((text_width(str(t), font) for t in ticks), default=0)
-    left = _MARGIN + (line + _GAP + widest_tick + _TICK + _GAP if bars else 0)
+    left = _MARGIN + (_y_room([str(t) for t in ticks], font) if bars else 0)
     needed = max(left + legend_width + 3 * _MARGIN, text_width(title, title_font) + 2 * _MARGIN)
     width = max(_MIN_WIDTH, 150 + _PER_BAR * len(bars), -(-needed // 25) * 25)  # steps of 25 px
     title_box = _centred(width // 2, _MARGIN, title, title_font)
@@ -253,21 +245,221 @@ def _draw_category_chart(
             draw.line([centre, plot.y1, centre, plot.y1 + _TICK], "black")
             name_box = _upright(image, concept, font, centre, plot.y1 + _TICK + _GAP)
             texts.append(("x tick", concept, name_box))
-        for value in ticks:
-            y = y_of(value)
-            draw.line([plot.x0 - _TICK, y, plot.x0, y], "black")
-            text = str(value)
-            x1 = plot.x0 - _TICK - _GAP
-            box = Box(x1 - text_width(text, font), y - line // 2, x1, y - line // 2 + line)
-            texts.append(("y tick", text, _text(draw, box, text, font)))
-        y_label = "interpretable units"
-        middle = (plot.y0 + plot.y1) // 2
-        box = _upright(image, y_label, font, _MARGIN + line // 2, middle, centred=True)
-        texts.append(("y label", y_label, box))
+        labels = [str(t) for t in ticks]
+        texts += _y_axis(image, draw, plot, ticks, labels, y_of, font, "interpretable units")
     draw.rectangle([plot.x0, plot.y0, plot.x1 - 1, plot.y1 - 1], outline="black")
     pixels = np.asarray(image, dtype=np.uint8)
     pixels.flags.writeable = False  # shared by every caller of the same data
     return CategoryChart(pixels, title, tuple(drawn), legend, plot, tuple(texts))
+
+
+# ------------------------------------------------------------------------------ line charts
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a :class:`LineChart`: its points, legend label and style."""
+
+    label: str
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+    colour: tuple[int, int, int]
+    #: ``"o"`` (dots), ``"s"`` (squares) or ``""`` (none) at every point.
+    marker: str = ""
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class LineChart:
+    """A drawn line chart: its pixels, and where every point and text is.
+
+    Attributes:
+        pixels: ``[H, W, 3]`` uint8, read-only.
+        series: the lines, in legend order.
+        points: per series, the pixel ``(x, y)`` of each of its points.
+        plot: the framed plot area.
+        texts: ``(kind, text, box)`` of every text drawn: ``"title"``, ``"x tick"``,
+            ``"y tick"``, ``"x label"``, ``"y label"`` and ``"legend"`` (inside the plot, in its
+            lower right corner, on white).
+    """
+
+    pixels: np.ndarray
+    series: tuple[Series, ...]
+    points: tuple[tuple[tuple[int, int], ...], ...]
+    plot: Box
+    texts: tuple[tuple[str, str, Box], ...]
+
+    def image(self) -> Tensor:
+        """The chart as a ``[3, H, W]`` float image in ``[0, 1]``."""
+        return from_pixels(self.pixels)
+
+
+#: Line charts: their size, and their fonts' sizes (title, other texts, legend) in pixels.
+_LINE_CHART_SIZE, _LINE_FONT_SIZES = (320, 240), (12, 11, 10)
+
+
+def line_chart(
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    y_ticks: Sequence[float],
+) -> LineChart:
+    """Lines through their points, drawn with Pillow: whole-number x ticks, given y ticks.
+
+    The x axis spans the points with a margin of 5% on each side; the y axis spans ``y_ticks``
+    with the same margin. The legend sits in the plot's lower right corner.
+
+    Example:
+        >>> line = Series("top units", (0, 1, 2), (0.0, 0.5, 0.9), (31, 119, 180), marker="o")
+        >>> chart = line_chart([line], title="tree", x_label="units ablated",
+        ...                    y_label="share removed", y_ticks=[0.0, 0.5, 1.0])
+        >>> chart.pixels.shape, [kind for kind, _, _ in chart.texts].count("x tick")
+        ((240, 320, 3), 3)
+    """
+    width, height = _LINE_CHART_SIZE
+    title_font, font, legend_font = (sized_font(size) for size in _LINE_FONT_SIZES)
+    line = _line_height(font)
+    xs = [x for s in series for x in s.xs] or [0.0, 1.0]
+    x_low, x_high = _with_margin(min(xs), max(xs))
+    y_low, y_high = _with_margin(min(y_ticks), max(y_ticks))
+    y_texts = [f"{v:.1f}" for v in y_ticks]
+    title_box = _centred(width // 2, _MARGIN, title, title_font)
+    top = title_box.y1 + 2 * _GAP
+    bottom = height - _MARGIN - line - _GAP - line - _TICK - _GAP
+    x_ticks = [t for t in _integer_ticks(math.floor(x_high), most=8) if x_low <= t <= x_high]
+    last = text_width(str(x_ticks[-1]), font) // 2 if x_ticks else 0
+    plot = Box(_MARGIN + _y_room(y_texts, font), top, width - _MARGIN - last, bottom)
+
+    def x_of(v: float) -> int:
+        return round(plot.x0 + (v - x_low) / (x_high - x_low) * (plot.x1 - plot.x0))
+
+    def y_of(v: float) -> int:
+        return round(plot.y1 - (v - y_low) / (y_high - y_low) * (plot.y1 - plot.y0))
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    texts = [("title", title, _text(draw, title_box, title, title_font))]
+    texts += _y_axis(image, draw, plot, list(y_ticks), y_texts, y_of, font, y_label)
+    for value in x_ticks:
+        x = x_of(value)
+        draw.line([x, plot.y1, x, plot.y1 + _TICK], "black")
+        box = _centred(x, plot.y1 + _TICK + _GAP, str(value), font)
+        texts.append(("x tick", str(value), _text(draw, box, str(value), font)))
+    box = _centred((plot.x0 + plot.x1) // 2, height - _MARGIN - line, x_label, font)
+    texts.append(("x label", x_label, _text(draw, box, x_label, font)))
+
+    points = []
+    for s in series:
+        at = tuple((x_of(x), y_of(y)) for x, y in zip(s.xs, s.ys, strict=True))
+        points.append(at)
+        for start, end in itertools.pairwise(at):
+            _segment(draw, start, end, s.colour, dashed=s.dashed)
+        for x, y in at:
+            _marker(draw, x, y, s.marker, s.colour)
+    texts += _corner_legend(draw, plot, series, legend_font)
+    draw.rectangle([plot.x0, plot.y0, plot.x1 - 1, plot.y1 - 1], outline="black")
+    pixels = np.asarray(image, dtype=np.uint8)
+    pixels.flags.writeable = False
+    return LineChart(pixels, tuple(series), tuple(points), plot, tuple(texts))
+
+
+def _with_margin(low: float, high: float) -> tuple[float, float]:
+    """``(low, high)`` widened by 5% of its span on each side (by 0.5 when it is empty)."""
+    margin = 0.05 * (high - low) if high > low else 0.5
+    return low - margin, high + margin
+
+
+def _segment(
+    draw: ImageDraw.ImageDraw,
+    start: tuple[int, int],
+    end: tuple[int, int],
+    colour: tuple[int, int, int],
+    *,
+    dashed: bool,
+) -> None:
+    if not dashed:
+        draw.line([start, end], colour, width=2)
+        return
+    length = math.dist(start, end)
+    dash = 5.0  # on and off alike
+    for i in range(math.ceil(length / (2 * dash))):
+        a, b = 2 * i * dash / length, min(1.0, (2 * i + 1) * dash / length)
+        draw.line(
+            [
+                (start[0] + a * (end[0] - start[0]), start[1] + a * (end[1] - start[1])),
+                (start[0] + b * (end[0] - start[0]), start[1] + b * (end[1] - start[1])),
+            ],
+            colour,
+            width=2,
+        )
+
+
+def _marker(draw: ImageDraw.ImageDraw, x: int, y: int, marker: str, colour: Any) -> None:
+    r = 3
+    if marker == "o":
+        draw.ellipse([x - r, y - r, x + r, y + r], colour)
+    elif marker == "s":
+        draw.rectangle([x - r, y - r, x + r, y + r], colour)
+
+
+def _corner_legend(
+    draw: ImageDraw.ImageDraw, plot: Box, series: Sequence[Series], font: _Font
+) -> list[tuple[str, str, Box]]:
+    """A framed legend on white in the plot's lower right corner; its texts' boxes."""
+    line = _line_height(font)
+    sample = 2 * line  # the length of each entry's line
+    inner = max((text_width(s.label, font) for s in series), default=0) + sample + 3 * _GAP
+    box = Box(
+        plot.x1 - _MARGIN - inner - 2 * _GAP,
+        plot.y1 - _MARGIN - len(series) * (line + _GAP) - _GAP,
+        plot.x1 - _MARGIN,
+        plot.y1 - _MARGIN,
+    )
+    if not series:
+        return []
+    draw.rectangle([box.x0, box.y0, box.x1 - 1, box.y1 - 1], "white", outline=(204, 204, 204))
+    texts = []
+    for i, s in enumerate(series):
+        y = box.y0 + _GAP + i * (line + _GAP)
+        x, middle = box.x0 + 2 * _GAP, y + line // 2
+        _segment(draw, (x, middle), (x + sample, middle), s.colour, dashed=s.dashed)
+        _marker(draw, x + sample // 2, middle, s.marker, s.colour)
+        at = Box(x + sample + _GAP, y, x + sample + _GAP + text_width(s.label, font), y + line)
+        texts.append(("legend", s.label, _text(draw, at, s.label, font)))
+    return texts
+
+
+def _y_room(labels: Sequence[str], font: _Font) -> int:
+    """Pixels left of a plot for the y label, the tick labels and the ticks."""
+    widest = max((text_width(t, font) for t in labels), default=0)
+    return _line_height(font) + _GAP + widest + _TICK + _GAP
+
+
+def _y_axis(
+    image: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    plot: Box,
+    values: Sequence[float],
+    labels: Sequence[str],
+    y_of: Callable[[float], int],
+    font: _Font,
+    label: str,
+) -> list[tuple[str, str, Box]]:
+    """Ticks, their labels and the upright axis label left of ``plot``; their texts' boxes."""
+    line = _line_height(font)
+    texts = []
+    for value, text in zip(values, labels, strict=True):
+        y = y_of(value)
+        draw.line([plot.x0 - _TICK, y, plot.x0, y], "black")
+        x1 = plot.x0 - _TICK - _GAP
+        box = Box(x1 - text_width(text, font), y - line // 2, x1, y - line // 2 + line)
+        texts.append(("y tick", text, _text(draw, box, text, font)))
+    x = plot.x0 - _y_room(labels, font) + line // 2
+    box = _upright(image, label, font, x, (plot.y0 + plot.y1) // 2, centred=True)
+    texts.append(("y label", label, box))
+    return texts
 
 
 def _integer_ticks(highest: int, most: int = 8) -> list[int]:
@@ -323,180 +515,3 @@ def _category_colour(i: int) -> tuple[int, int, int]:
 
     rgba = colormaps["tab10"](i % 10)
     return (round(255 * rgba[0]), round(255 * rgba[1]), round(255 * rgba[2]))
-
-
-# ------------------------------------------------------------------------------ figures
-
-
-def lay_out_plot(fig: Figure) -> None:
-    """Set the margins of a figure's one plot from its texts: tick labels, axis labels, title.
-
-    What ``fig.tight_layout()`` does for such a plot, at about half the cost: tight layout draws
-    the figure once to measure its texts, and the figure is drawn again when it is rendered;
-    here each text's size is computed from its string and font, with matplotlib's default
-    spacing (ticks 3.5 points long, tick labels 3.5 points from them, axis labels 4 points from
-    the tick labels, the title 6 points above the axes).
-
-    Args:
-        fig: a figure whose first axes is the plot; its subplot parameters are set.
-
-    Example:
-        >>> fig = Figure(figsize=(4, 3), dpi=80)
-        >>> ax = fig.add_subplot()
-        >>> _ = ax.plot([0, 10], [0.0, 1.0]), ax.set_xlabel("units ablated"), ax.set_title("t")
-        >>> lay_out_plot(fig)
-        >>> p = fig.subplotpars
-        >>> [round(float(x), 2) for x in (p.left, p.bottom, p.right, p.top)]
-        [0.09, 0.16, 0.97, 0.9]
-    """
-    ax = fig.axes[0]
-    renderer = _renderer(fig)
-    points, pad = fig.dpi / 72, _PAD * fig.dpi
-    width, height = fig.bbox.width, fig.bbox.height
-    x_labels = _tick_labels(ax.xaxis, ax.get_xlim())
-    x_font = _tick_font(ax.xaxis)
-    bottom = pad
-    if x_labels:
-        bottom += max(_text_size(renderer, t, x_font)[1] for t in x_labels) + _TICK_ROOM * points
-    if ax.get_xlabel():
-        label = ax.xaxis.label
-        bottom += _text_size(renderer, label.get_text(), label.get_fontproperties())[1] + 4 * points
-    # The last x tick label is centred on the axes' right edge: half of it lies beyond.
-    right = pad
-    if x_labels:
-        right += _text_size(renderer, x_labels[-1], x_font)[0] / 2
-    top = pad
-    if ax.get_title():
-        title = ax.title
-        top += _text_size(renderer, title.get_text(), title.get_fontproperties())[1] + 6 * points
-    fig.subplots_adjust(
-        left=(pad + _y_axis_room(renderer, ax)) / width,
-        right=1 - right / width,
-        bottom=bottom / height,
-        top=1 - top / height,
-    )
-
-
-#: Blank margin around a laid-out figure, in inches.
-_PAD = 0.05
-#: Tick length and the tick labels' distance from the ticks, in points (matplotlib's defaults).
-_TICK_ROOM = 7.0
-
-
-def _renderer(fig: Figure) -> RendererAgg:
-    """The Agg renderer ``fig`` is drawn with, to measure its texts (one per layout)."""
-    if isinstance(fig.canvas, FigureCanvasAgg):
-        return fig.canvas.get_renderer()
-    # Measured as Agg draws it, leaving the figure's own canvas (pyplot's, say) alone.
-    return RendererAgg(int(fig.bbox.width), int(fig.bbox.height), fig.dpi)
-
-
-def _text_size(renderer: RendererAgg, text: str, font: FontProperties) -> tuple[float, float]:
-    """``(width, height)`` in pixels of ``text`` drawn unrotated in ``font``."""
-    width, height, _ = renderer.get_text_width_height_descent(text, font, ismath=False)
-    # matplotlib gives a line at least the height of "lp" (its ascent and descent).
-    _, line, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
-    return float(width), float(max(height, line))
-
-
-def _tick_labels(axis: Any, limits: tuple[float, float]) -> list[str]:
-    """The labels of an axis's major ticks inside ``limits``, as its formatter writes them."""
-    low, high = sorted(limits)
-    locations = [t for t in axis.get_majorticklocs() if low <= t <= high]
-    return [str(t) for t in axis.get_major_formatter().format_ticks(locations)]
-
-
-def _tick_font(axis: Any) -> FontProperties:
-    """The font of an axis's tick labels (matplotlib's default size when it has none yet)."""
-    labels = axis.get_ticklabels()
-    if labels:
-        return labels[0].get_fontproperties()
-    size = rcParams["xtick.labelsize" if axis.axis_name == "x" else "ytick.labelsize"]
-    return FontProperties(size=size)
-
-
-def _y_axis_room(renderer: RendererAgg, ax: Any) -> float:
-    """Pixels left of the axes that the y tick labels, their ticks and the y label take."""
-    labels = _tick_labels(ax.yaxis, ax.get_ylim())
-    if not labels:
-        return 0.0
-    points = renderer.dpi / 72
-    font = _tick_font(ax.yaxis)
-    room = max(_text_size(renderer, t, font)[0] for t in labels) + _TICK_ROOM * points
-    if ax.get_ylabel():
-        label = ax.yaxis.label
-        room += _text_size(renderer, label.get_text(), label.get_fontproperties())[1] + 4 * points
-    return room
-
-
-def figure_to_image(fig: Figure) -> Tensor:
-    """Render a matplotlib figure to an image tensor and close it.
-
-    The figure is drawn on an Agg canvas (no display needed); transparent areas are composited
-    over white. A figure managed by ``pyplot`` is closed there, so figures logged at every
-    dissection do not pile up.
-
-    Args:
-        fig: the figure.
-
-    Returns:
-        ``[3, H, W]`` float image in ``[0, 1]`` (``H, W`` = the figure size in inches × dpi).
-
-    Raises:
-        ValueError: if ``fig`` is not a matplotlib figure.
-
-    Example:
-        >>> from matplotlib.figure import Figure
-        >>> fig = Figure(figsize=(2, 1), dpi=50)
-        >>> image = figure_to_image(fig)
-        >>> tuple(image.shape), image.unique().tolist()  # an empty figure is white
-        ((3, 50, 100), [1.0])
-    """
-    rgba = _render(fig)
-    if (rgba[..., 3] == 255).all():
-        return from_pixels(rgba[..., :3])
-    return _over_white(rgba)
-
-
-def figure_pixels(fig: Figure) -> np.ndarray:
-    """Render a matplotlib figure to ``[H, W, 3]`` uint8 pixels and close it.
-
-    The pixels TensorBoard stores for :func:`figure_to_image`'s image
-    (:func:`~gan_dissect_callbacks.reporting.images.to_pixels`): an opaque figure gives the
-    canvas's own pixels, without a detour through floats.
-
-    Raises:
-        ValueError: if ``fig`` is not a matplotlib figure.
-
-    Example:
-        >>> from matplotlib.figure import Figure
-        >>> pixels = figure_pixels(Figure(figsize=(2, 1), dpi=50, facecolor="red"))
-        >>> pixels.shape, pixels[0, 0].tolist()
-        ((50, 100, 3), [255, 0, 0])
-    """
-    rgba = _render(fig)
-    if (rgba[..., 3] == 255).all():
-        return np.ascontiguousarray(rgba[..., :3])
-    return image_pixels(_over_white(rgba))
-
-
-def _render(fig: Figure) -> np.ndarray:
-    """``[H, W, 4]`` uint8: the figure drawn on an Agg canvas; a ``pyplot`` figure is closed."""
-    if not isinstance(fig, Figure):
-        raise ValueError(
-            f"Expected argument `fig` to be a matplotlib Figure, but got {type(fig).__name__}."
-        )
-    if "matplotlib.pyplot" in sys.modules:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.array(canvas.buffer_rgba(), dtype=np.uint8)  # a copy: the canvas may be reused
-
-
-def _over_white(rgba: np.ndarray) -> Tensor:
-    """``[3, H, W]`` floats in ``[0, 1]``: ``[H, W, 4]`` uint8 pixels composited over white."""
-    x = torch.from_numpy(rgba).permute(2, 0, 1).float() / 255
-    rgb, alpha = x[:3], x[3:]
-    return rgb * alpha + (1 - alpha)

@@ -25,6 +25,7 @@ import struct
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,22 +88,35 @@ def label_font(cap_height: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         True
     """
     for size in range(cap_height, 4 * cap_height + 8):
-        font = sized_font(size)
+        font = ImageFont.load_default(size=size)
         _, top, _, bottom = font.getbbox("H")
         if bottom - top >= cap_height:
             return font
-    return sized_font(4 * cap_height + 8)
+    return ImageFont.load_default(size=4 * cap_height + 8)
 
 
 @lru_cache(maxsize=32)
 def sized_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's built-in scalable font at ``size`` pixels (the em), made once per size.
+    """The charts' font at ``size`` pixels, made once: DejaVu Sans, which matplotlib ships.
+
+    The charts keep the look of matplotlib's, and their legends need Greek (α), which
+    Pillow's built-in font lacks; labels on images (:func:`label_font`) keep the built-in
+    font, sized by its cap height. Pillow's font stands in if matplotlib's copy cannot be read.
 
     Example:
-        >>> sized_font(11) is sized_font(11)
-        True
+        >>> sized_font(11) is sized_font(11), text_width("α", sized_font(11)) > 0
+        (True, True)
     """
-    return ImageFont.load_default(size=size)
+    try:
+        return ImageFont.truetype(_dejavu_sans(), size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def _dejavu_sans() -> str:
+    import matplotlib
+
+    return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
 
 
 def line_metrics(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> tuple[int, int]:

@@ -31,10 +31,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from gan_dissect_callbacks.reporting.charts import figure_pixels, lay_out_plot
+from gan_dissect_callbacks.reporting.charts import LineChart, Series, line_chart
 from gan_dissect_callbacks.reporting.images import (
     ImageLog,
     enlarge,
@@ -116,39 +115,40 @@ def _chart_points(curve: Mapping[str, Any]) -> list[int]:
     return [0, *_point_index(curve)]
 
 
-def removal_chart(concept: str, numbers: Mapping[str, Any], layer: str) -> Figure:
+def removal_chart(concept: str, numbers: Mapping[str, Any], layer: str) -> LineChart:
     """The removal curves of one concept: the IoU ranking, random units, the α ranking.
 
-    Each curve is drawn through the unit counts it was evaluated at (its ``points``).
+    Each curve is drawn through the unit counts it was evaluated at (its ``points``), from 0
+    (nothing ablated).
 
     Example:
         >>> curve = {"removed": [0.5, 0.9], "random_mean": [0.1, 0.2]}
-        >>> fig = removal_chart("tree", {"removal": curve}, "generator.layer3")
-        >>> [line.get_label() for line in fig.axes[0].get_lines()]
-        ['top units (IoU)', 'random']
+        >>> chart = removal_chart("tree", {"removal": curve}, "generator.layer3")
+        >>> [(s.label, s.xs, s.ys) for s in chart.series]
+        [('top units (IoU)', (0, 1, 2), (0.0, 0.5, 0.9)), ('random', (0, 1, 2), (0.0, 0.1, 0.2))]
     """
-    fig = Figure(figsize=(4.0, 3.0), dpi=80)
-    ax = fig.add_subplot()
     curve = numbers["removal"]
-    ns = _chart_points(curve)
-    ax.plot(ns, [0.0, *curve["removed"]], marker="o", label="top units (IoU)")
+    ns = tuple(_chart_points(curve))
+    lines = [Series("top units (IoU)", ns, (0.0, *curve["removed"]), _BLUE, marker="o")]
     if "alpha_removal" in numbers:
         alpha_curve = numbers["alpha_removal"]
-        ax.plot(
-            _chart_points(alpha_curve),
-            [0.0, *alpha_curve["removed"]],
-            marker="s",
-            label="top units (α)",
+        alpha_ns = tuple(_chart_points(alpha_curve))
+        lines.append(
+            Series("top units (α)", alpha_ns, (0.0, *alpha_curve["removed"]), _ORANGE, marker="s")
         )
     if curve["random_mean"]:
-        ax.plot(ns, [0.0, *curve["random_mean"]], linestyle="--", color="grey", label="random")
-    ax.set_xlabel("units ablated")
-    ax.set_ylabel("share of its pixels removed")  # the title names the concept
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"{layer}: {concept}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    lay_out_plot(fig)
-    return fig
+        lines.append(Series("random", ns, (0.0, *curve["random_mean"]), _GREY, dashed=True))
+    return line_chart(
+        lines,
+        title=f"{layer}: {concept}",
+        x_label="units ablated",
+        y_label="share of its pixels removed",  # the title names the concept
+        y_ticks=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    )
+
+
+#: The curves' colours: matplotlib's first two default colours, and grey.
+_BLUE, _ORANGE, _GREY = (31, 119, 180), (255, 127, 14), (128, 128, 128)
 
 
 def concept_run_scalars(
@@ -264,8 +264,8 @@ def log_intervention(
         for concept, numbers in entry["concepts"].items():
             if numbers is None:
                 continue
-            chart = figure_pixels(removal_chart(concept, numbers, entry["layer"]))
-            log.add(f"{name}/{concept}/removal_curve", chart, step)
+            chart = removal_chart(concept, numbers, entry["layer"])
+            log.add(f"{name}/{concept}/removal_curve", chart.pixels, step)
         for concept, shots in images.items():
             numbers = entry["concepts"].get(concept)
             units = numbers["ace"].get("units") if numbers else None

@@ -16,8 +16,6 @@ from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
 from gan_dissect_callbacks.reporting.charts import (
     Box,
     category_chart,
-    figure_to_image,
-    lay_out_plot,
 )
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
@@ -215,44 +213,44 @@ def test_the_category_chart_texts_lie_inside_the_chart_and_clear_of_each_other(
 
 
 @pytest.mark.parametrize("concept", ["sky", "chest of drawers"])
-def test_the_removal_chart_texts_lie_inside_the_figure_and_clear_of_the_plot(
+def test_the_removal_chart_texts_lie_inside_the_chart_and_clear_of_the_plot(
     concept: str,
 ) -> None:
     curve = {"removed": [0.5, 0.7, 0.9], "random_mean": [0.0, 0.1, 0.2], "points": [1, 5, 10]}
-    fig = removal_chart(concept, {"removal": curve}, "generator.layer3")
-    figure_to_image(fig)  # draws the figure as it is logged
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    ax = fig.axes[0]
-    plot = ax.get_window_extent(renderer)
-    (x_low, x_high), (y_low, y_high) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
-    x_ticks = [t for t in ax.get_xticklabels() if x_low <= t.get_position()[0] <= x_high]
-    y_ticks = [t for t in ax.get_yticklabels() if y_low <= t.get_position()[1] <= y_high]
-    assert len(x_ticks) >= 2 and len(y_ticks) >= 2
-    assert concept in ax.get_title()
-    for artist in [*x_ticks, *y_ticks, ax.xaxis.label, ax.yaxis.label, ax.title]:
-        box = artist.get_window_extent(renderer)
-        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, artist
-        assert box.y0 >= 0 and box.y1 <= fig.bbox.height, artist
-    for artist in [*x_ticks, ax.xaxis.label]:
-        assert artist.get_window_extent(renderer).y1 <= plot.y0, artist
-    for artist in [*y_ticks, ax.yaxis.label]:
-        assert artist.get_window_extent(renderer).x1 <= plot.x0, artist
-    assert ax.title.get_window_extent(renderer).y0 >= plot.y1
-
-
-def test_lay_out_plot_leaves_the_figure_canvas_alone() -> None:
-    from matplotlib.backend_bases import FigureCanvasBase
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4, 3), dpi=80)
-    ax = fig.add_subplot()
-    ax.plot([0, 10], [0.0, 1.0])
-    ax.set_xlabel("units ablated")
-    canvas = fig.canvas
-    assert type(canvas) is FigureCanvasBase
-    lay_out_plot(fig)
-    assert fig.canvas is canvas
-    assert fig.subplotpars.bottom > 0.1  # room for the tick labels and the x label
+    alpha = {"removed": [0.6, 0.8, 0.95], "points": [1, 5, 10]}
+    numbers = {"removal": curve, "alpha_removal": alpha}
+    chart = removal_chart(concept, numbers, "generator.layer3")
+    pixels = chart.image()
+    height, width = chart.pixels.shape[:2]
+    whole, plot = Box(0, 0, width, height), chart.plot
+    kinds = [kind for kind, _, _ in chart.texts]
+    assert kinds.count("x tick") >= 2 and kinds.count("y tick") >= 2
+    assert [text for kind, text, _ in chart.texts if kind == "title"] == [
+        f"generator.layer3: {concept}"
+    ]
+    for kind, text, box in chart.texts:
+        assert box.inside(whole), text
+        if kind == "legend":  # in the plot's corner, on white
+            assert box.inside(plot), text
+            continue
+        assert not box.overlaps(plot), text
+        assert ink_inside(pixels, box), text  # the box holds the text, and only it
+        if kind in ("x tick", "x label"):
+            assert box.y0 >= plot.y1, text
+        elif kind in ("y tick", "y label"):
+            assert box.x1 <= plot.x0, text
+        else:
+            assert box.y1 <= plot.y0, text
+    assert ("legend", "top units (α)") in [(k, t) for k, t, _ in chart.texts]
+    # Every point is drawn where the curve says, inside the plot, in its line's colour.
+    for series, points in zip(chart.series, chart.points, strict=True):
+        assert [round(x) for x in series.xs] == [0, 1, 5, 10]
+        for x, y in points:
+            assert plot.x0 < x < plot.x1 and plot.y0 < y < plot.y1
+        x, y = points[1]  # where no other line nor the legend lies
+        assert tuple(int(v) for v in chart.pixels[y, x]) == series.colour
+    ys = [y for _, y in chart.points[0]]
+    assert ys == sorted(ys, reverse=True)  # higher share, higher on the chart
 
 
 def _cap_of_first_line(image: Tensor) -> int:

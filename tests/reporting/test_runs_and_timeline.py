@@ -28,7 +28,7 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitReport,
 )
 from gan_dissect_callbacks.reporting.artifacts import log_artifacts
-from gan_dissect_callbacks.reporting.charts import category_chart, figure_to_image
+from gan_dissect_callbacks.reporting.charts import category_chart
 from gan_dissect_callbacks.reporting.dissection import log_dissection, summarise, unit_galleries
 from gan_dissect_callbacks.reporting.evolution import (
     NO_LABEL,
@@ -287,7 +287,7 @@ def test_log_intervention_stores_the_very_pixels_add_image_would(tmp_path: Path)
     writer.close()
     # What log_intervention wrote before it encoded PNGs itself: add_image of float images.
     reference = SummaryWriter(str(tmp_path / "add_image"))
-    chart = figure_to_image(removal_chart("tree", numbers, "g.l3"))
+    chart = removal_chart("tree", numbers, "g.l3").image()
     reference.add_image("intervention/tree/removal_curve", chart, 3)
     reference.add_image("intervention/tree/images", intervention_grid(shots, units=[4, 2]), 3)
     reference.close()

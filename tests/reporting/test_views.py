@@ -10,7 +10,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 from torch.utils.tensorboard.summary import image as tensorboard_image_summary
@@ -22,7 +21,7 @@ from gan_dissect_callbacks.engines.dissection import (
     UnitExamples,
     UnitReport,
 )
-from gan_dissect_callbacks.reporting.charts import category_chart, figure_pixels, figure_to_image
+from gan_dissect_callbacks.reporting.charts import category_chart
 from gan_dissect_callbacks.reporting.dissection import run_scalars, scalar_values, unit_galleries
 from gan_dissect_callbacks.reporting.galleries import (
     GalleryRow,
@@ -422,46 +421,6 @@ def test_chart_widens_with_its_bars_and_is_drawn_once_per_data() -> None:
     assert category_chart(same, vocab) is chart  # not drawn again
     assert not chart.pixels.flags.writeable  # shared, so nobody may paint on it
     assert torch.equal(chart.image(), torch.from_numpy(chart.pixels.copy()).permute(2, 0, 1) / 255)
-
-
-# --------------------------------------------------------------------------------- figure
-
-
-def test_figure_to_image_renders_exact_colours_at_the_figure_size() -> None:
-    fig = Figure(figsize=(2, 1.5), dpi=40, facecolor=(1.0, 0.0, 0.0))
-    image = figure_to_image(fig)
-    assert image.shape == (3, 60, 80)
-    assert torch.equal(image, torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 60, 80))
-
-
-def test_figure_to_image_composites_transparency_over_white() -> None:
-    fig = Figure(figsize=(1, 1), dpi=20, facecolor=(0.0, 0.0, 0.0, 0.0))
-    assert torch.equal(figure_to_image(fig), torch.ones(3, 20, 20))
-
-
-def test_figure_to_image_draws_the_figure_and_closes_pyplot_figures() -> None:
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(2, 2), dpi=30)
-    fig.add_subplot().bar([0, 1], [1, 2], color="black")
-    assert plt.fignum_exists(fig.number)
-    image = figure_to_image(fig)
-    assert not plt.fignum_exists(fig.number)
-    assert image.shape == (3, 60, 60)
-    assert (image < 0.1).all(dim=0).sum() > 100  # the black bars are there
-
-
-def test_figure_to_image_rejects_other_objects() -> None:
-    with pytest.raises(ValueError, match=r"`fig` to be a matplotlib Figure, but got Tensor"):
-        figure_to_image(torch.zeros(3, 4, 4))  # type: ignore[arg-type]
-
-
-def test_figure_pixels_are_tensorboards_pixels_of_figure_to_image() -> None:
-    opaque = Figure(figsize=(1, 1), dpi=20, facecolor=(0.2, 0.4, 0.6))
-    assert np.array_equal(figure_pixels(opaque), tensorboard_pixels(figure_to_image(opaque)))
-    for face in ((0.0, 0.0, 0.0, 0.0), (0.1, 0.5, 0.9, 0.3)):  # transparent: over white
-        fig = Figure(figsize=(1, 1), dpi=20, facecolor=face)
-        assert np.array_equal(figure_pixels(fig), tensorboard_pixels(figure_to_image(fig)))
 
 
 # --------------------------------------------------------------------------------- markdown
