@@ -38,6 +38,7 @@ import gan_dissect_callbacks
 import gan_dissect_callbacks.callbacks.artifact_pruning as artifact_pruning
 import gan_dissect_callbacks.callbacks.dissection as dissection
 import gan_dissect_callbacks.callbacks.intervention as intervention
+from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.demos.pretrained import load_pretrained_scene_gan
 from gan_dissect_callbacks.demos.train import SceneDataModule, default_callbacks
 
@@ -80,11 +81,11 @@ def main() -> None:
     for module, name in VIEWS:  # the callbacks look these names up in their own modules
         setattr(module, name, _timed(times.setdefault(name, []), getattr(module, name)))
     callbacks = default_callbacks(every_n_batches=args.every)
-    for callback in callbacks:
-        callback.raise_on_error = True
     charged: dict[str, dict[int, float]] = {}
     for callback in callbacks:
-        callback.budget.record_analysis = _charged(  # type: ignore[method-assign]
+        assert isinstance(callback, ScheduledAnalysis)
+        callback.raise_on_error = True
+        callback.budget.record_analysis = _charged(  # type: ignore[assignment,method-assign]
             charged.setdefault(type(callback).__name__, {}), callback.budget.record_analysis
         )
     gan = load_pretrained_scene_gan()

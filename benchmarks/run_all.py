@@ -22,10 +22,12 @@ Sections (keys of the JSON file):
    after each batch streamed (flat once the levels are calibrated) and against units × concepts
    (``8·U·(L+1)·(C+1) + 4·U·L + 8·C + 16``).
 4. ``training``: the training overhead of each callback at its default cadence on the demo. The
-   analysis time is measured on a short run that triggers it (Lightning's ``SimpleProfiler``
-   times each callback hook; a clock callback times every training batch) and amortised over the
-   default cadence: ``(analysis / every_n_train_steps + per-batch hook) / batch time``, without
-   a budget (``max_overhead=None``) and at the cadence the default budget would stretch it to.
+   analysis time is what the callback's budget is charged on a short run that triggers it (its
+   own time and its part of a pass of samples shared with the analyses due at the same step;
+   Lightning's ``SimpleProfiler`` times the per-batch hook, a clock callback every training
+   batch), amortised over the default cadence:
+   ``(analysis / every_n_train_steps + per-batch hook) / batch time``, without a budget
+   (``max_overhead=None``) and at the cadence the default budget would stretch it to.
    Targets: see :data:`NO_BUDGET_TARGETS_PCT`; ≤ 5% with the budget. Peak RSS of each
    configuration's training run, and what it adds to plain training, in fresh processes.
    ``--quick`` shrinks the analyses (fewer samples), so its percentages are not the defaults'.
@@ -78,6 +80,7 @@ from gan_dissect_callbacks.callbacks import (
     InterventionCallback,
     QualityMonitor,
 )
+from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.demos.pretrained import load_pretrained_scene_gan
 from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 from gan_dissect_callbacks.demos.train import DEMO_LAYERS, SceneDataModule, default_callbacks
@@ -803,6 +806,14 @@ def _default_cadence(callback: pl.Callback) -> int:
     return int(inspect.signature(type(callback)).parameters["every_n_train_steps"].default)
 
 
+def _charging(record: list[float], fn: Callable[[float, int], Any]) -> Callable[[float, int], Any]:
+    def charge(seconds: float, step: int) -> Any:
+        record.append(seconds)
+        return fn(seconds, step)
+
+    return charge
+
+
 def _train_once(
     callbacks: list[pl.Callback],
     data: SceneDataModule,
@@ -813,6 +824,15 @@ def _train_once(
     pl.seed_everything(0, verbose=False)
     model = load_pretrained_scene_gan()  # trained: the analyses see the concepts they track
     clock = BatchClock()
+    # What each analysis costs is what its budget is charged: its own time, plus its part of a
+    # pass of samples it shared with the analyses due at the same step (docs/callbacks.md).
+    charged: dict[str, list[float]] = {}
+    for callback in callbacks:
+        if isinstance(callback, ScheduledAnalysis):
+            record = charged.setdefault(type(callback).__name__, [])
+            callback.budget.record_analysis = _charging(  # type: ignore[assignment,method-assign]
+                record, callback.budget.record_analysis
+            )
     profiler = SimpleProfiler(dirpath=log_dir, filename="profile")
     trainer = pl.Trainer(
         max_steps=2 * batches,  # two optimizer steps per batch
@@ -847,8 +867,7 @@ def _train_once(
         per_batch = _median([d for i, d in enumerate(batch_end) if i not in due] or batch_end)
         # Each analysis, in order: one at train start if the callback has one, then at every
         # `every` batches. The first prepares what later ones keep (e.g. SWD's real side).
-        analyses = list(hooks.get("on_train_start", [])[:1] if callback.run_on_train_start else [])
-        analyses += [batch_end[i] - per_batch for i in sorted(due)]
+        analyses = charged[type(callback).__name__]
         first, later = analyses[0], analyses[1:] or analyses
         per_callback[type(callback).__name__] = {
             "analysis_s": _median(later),
@@ -983,7 +1002,8 @@ def training_section(settings: Settings, device: torch.device, threads: int = 2)
     return {
         "method": (
             "amortised: per-batch time measured over plain training batches (clock callback), "
-            "analysis time measured by Lightning's SimpleProfiler on a run that triggers it at "
+            "analysis time: what each callback's budget is charged (its own time and its part of "
+            "a pass shared with the analyses due at the same step), on a run that triggers it at "
             "its middle and last batch (and at train start where the callback does); overhead "
             "= (later analysis / every_n_train_steps + per-batch hook) / batch time. The first "
             "analysis, which also prepares what later ones keep, is reported beside it"
