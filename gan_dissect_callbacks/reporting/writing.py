@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gan_dissect_callbacks.reporting._checksums import use_compiled_checksums
+
 __all__ = [
     "ReportOutput",
     "RunWriters",
@@ -76,6 +78,10 @@ class ReportOutput:
     folder: Path | None = None
     writers: Sequence[Any] = field(default_factory=list)
     loggers: Sequence[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.writers:  # their event files' checksums, compiled when numba is there
+            use_compiled_checksums()
 
     def write_json(self, step: int, payload: Mapping[str, Any]) -> list[Path]:
         """Write ``payload`` as ``step_XXXXXXX.json`` and ``latest.json``; the paths written."""

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import stat
+from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+from torch.utils.tensorboard import SummaryWriter
+
+from gan_dissect_callbacks.functional import _counting
+from gan_dissect_callbacks.reporting import _checksums as checksums
 from gan_dissect_callbacks.reporting.writing import ReportOutput, write_atomically
 
 
@@ -53,3 +68,48 @@ def test_write_atomically_replaces(tmp_path):
     write_atomically(path, "1")
     write_atomically(path, "2")
     assert path.read_text() == "2"
+
+
+# --------------------------------------------------------------------------------- checksums
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=5000))
+def test_the_compiled_event_checksum_is_tensorboards(data: bytes) -> None:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+
+    assert checksums.masked_crc32c(data) == reference(data)
+    assert checksums._python_crc32c(data) == checksums._crc32c(data) or not _counting.available()
+
+
+def test_writers_get_the_compiled_checksums_and_write_the_same_readable_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", reference)  # restored afterwards
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "0")
+    ReportOutput(writers=[object()])
+    assert record_writer.masked_crc32c is reference  # without numba: TensorBoard's own
+    monkeypatch.delenv("GAN_DISSECT_NUMBA")
+    if not _counting.available():
+        pytest.skip("numba is not installed (the `fast` extra)")
+    ReportOutput(writers=[object()])
+    assert record_writer.masked_crc32c is checksums.masked_crc32c
+    payload = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    files = []
+    for crc in (reference, checksums.masked_crc32c):
+        monkeypatch.setattr(record_writer, "masked_crc32c", crc)
+        out = io.BytesIO()
+        record_writer.RecordWriter(out).write(payload)
+        files.append(out.getvalue())
+    assert files[0] == files[1]  # byte for byte
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_image("image", torch.rand(3, 64, 64), 1)
+    writer.add_scalar("scalar", 0.25, 1)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()  # the reader checks every record's checksums
+    assert events.Scalars("scalar")[0].value == 0.25
+    assert events.Images("image")[0].width == 64
