@@ -20,16 +20,14 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.callbacks._budget import OverheadBudget
+from gan_dissect_callbacks.callbacks._sharing import Prefetched, SampleSharing
 from gan_dissect_callbacks.callbacks._trainer import analysis_dir, batch_step, report_output
-from gan_dissect_callbacks.engines.distributed import dist_info
 from gan_dissect_callbacks.engines.generator import AnalysedGenerator
-from gan_dissect_callbacks.engines.passes import SampleConsumer, run_sample_pass
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.reporting.writing import ReportOutput, RunWriters
 
@@ -39,14 +37,11 @@ __all__ = ["ScheduledAnalysis"]
 #: leaves out the analyses of other callbacks that ran between its start and end).
 _ANALYSIS_SECONDS = [0.0]
 
-#: Lightning's callbacks that never change the model: analyses on both sides of one share samples.
-_NEVER_TOUCH_THE_MODEL = (ProgressBar, ModelSummary)
-
 #: The Lightning hooks an analysis can run in.
 Hook = Literal["start", "batch", "epoch", "end"]
 
 
-class ScheduledAnalysis(pl.Callback, ABC):
+class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
     """Run ``_analyse`` every ``n`` training batches or epochs, and optionally at start and end.
 
     Subclasses keep their entries in ``history`` (each a dict with a ``"step"``); it is the
@@ -142,13 +137,10 @@ class ScheduledAnalysis(pl.Callback, ABC):
         self._runs = RunWriters()
         #: The budget's decision at ``(step, hook)``.
         self._decision: tuple[int, Hook, bool] | None = None
-        #: ``(step, consumer, analyses before it that may change the generator)``: this
-        #: analysis's pass, run by an analysis due at the same step.
-        self._prefetched: tuple[int, SampleConsumer, list[ScheduledAnalysis]] | None = None
+        #: This analysis's pass, run by another analysis due at the same step.
+        self._prefetched: Prefetched | None = None
         #: The last step at which this analysis changed the generator (a pruning).
         self._changed_step: int | None = None
-        #: Seconds of that shared pass charged to this analysis.
-        self._prepaid = 0.0
 
     @property
     def analysis_name(self) -> str:
@@ -178,6 +170,7 @@ class ScheduledAnalysis(pl.Callback, ABC):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._prefetched = None  # nothing of an earlier fit carries over
         self._generator = AnalysedGenerator.of(
             pl_module,
             self.generator,
@@ -315,20 +308,21 @@ class ScheduledAnalysis(pl.Callback, ABC):
         # A round of analysis can take a while on a CPU; the progress bar stands still meanwhile.
         rank_zero_info(f"{type(self).__name__}: the {self._what} at step {step} runs ...")
         started, nested_before = self._clock(), _ANALYSIS_SECONDS[0]
+        # Its part of a pass an analysis before it ran (counted in that one's time already).
+        prepaid = self._prepaid(step)
         try:
             with self._reported(step):
-                self._share_samples(trainer, pl_module, step, hook)
+                _ANALYSIS_SECONDS[0] += self._share_samples(trainer, pl_module, step, hook)
                 self._analyse(trainer, pl_module, step)
         finally:
-            self._hook = None
+            self._hook, self._prefetched = None, None
             # An analysis run inside this one (the dissection an intervention catches up) has
             # counted its own time already, and so has the part of a shared pass charged to the
             # analyses after this one: this one's cost leaves them out.
             nested = _ANALYSIS_SECONDS[0] - nested_before
             spent = max(0.0, self._clock() - started - nested)
             _ANALYSIS_SECONDS[0] += spent
-            # Its part of a pass an analysis before it ran (counted in that one's time above).
-            seconds, self._prepaid, self._prefetched = spent + self._prepaid, 0.0, None
+            seconds = spent + prepaid
             since = self.budget.record_analysis(seconds, step)
         rank_zero_info(
             f"{type(self).__name__}: the {self._what} at step {step} took {seconds:.1f} s "
@@ -337,137 +331,6 @@ class ScheduledAnalysis(pl.Callback, ABC):
         if trainer.is_global_zero:
             with self._reported(step):  # a logger's failure is the analysis's, not training's
                 self._log_cost(trainer, step, since)
-
-    # ------------------------------------------------------------------ shared samples
-
-    def _sample_consumer(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
-    ) -> SampleConsumer | None:
-        """This analysis's first pass over seeded samples, to run beside other analyses' passes.
-
-        ``None`` (the default): it has none to share. A subclass that returns one takes it back
-        in ``_analyse`` with :meth:`_take_samples`, filled, or runs it itself when nothing is
-        there.
-        """
-        return None
-
-    def _may_change_generator(self) -> bool:
-        """Whether this analysis may change the generator (a pruning).
-
-        One that does sets ``_changed_step`` to the step; the passes it shared with analyses
-        after it are then dropped, and those draw their samples again.
-        """
-        return False
-
-    def _take_samples(self, step: int) -> SampleConsumer | None:
-        """The pass another analysis filled for this one at ``step`` (taken once), or ``None``.
-
-        ``None`` too when an analysis that ran in between changed the generator.
-        """
-        prefetched, self._prefetched = self._prefetched, None
-        if prefetched is None or prefetched[0] != step:
-            return None
-        _, consumer, changers = prefetched
-        if any(changer._changed_step == step for changer in changers):
-            return None
-        return consumer
-
-    def _sample_source(self) -> tuple[Any, ...]:
-        """What decides the samples besides the consumer: the module and how latents are drawn."""
-        module = self.analysed_generator.module
-        return (id(module), self.generate, self.sample_latents, self.latent_dim)
-
-    def _share_samples(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, hook: Hook
-    ) -> None:
-        """Run this analysis's pass together with those of the analyses due right after it.
-
-        The analyses that follow this one in ``trainer.callbacks`` (Lightning's progress bar
-        and model summary aside), are due in the same hook at this step, analyse the same
-        generator and want the same samples (:meth:`SampleConsumer.same_samples`) get their
-        pass filled from one generation and one segmentation of each batch. The chain stops at
-        any other callback, since it may change the model. An analysis that may change the
-        generator (a pruning) does not stop it: when it does change it, the passes of the
-        analyses after it are dropped and they draw their own samples, so every analysis sees
-        the generator as it is when it runs. Under ``torch.distributed`` a pass that splits the
-        samples between processes is not shared (its calibration holds collectives, and every
-        process must take the same path). If the shared generating fails, every analysis draws
-        its own samples and meets its own error.
-        """
-        if self._prefetched is not None and self._prefetched[0] == step:
-            return  # an analysis before this one filled it
-        try:
-            mine = self._sample_consumer(trainer, pl_module, step)
-        except Exception:  # the analysis meets it again in `_analyse`, as its own failure
-            return
-        if mine is None or (mine.split and dist_info()[1] > 1):
-            return
-        changers = [self] if self._may_change_generator() else []
-        group: list[tuple[ScheduledAnalysis, SampleConsumer, list[ScheduledAnalysis]]] = [
-            (self, mine, [])  # the leader's own pass is drawn before it changes anything
-        ]
-        for other, before in self._followers(trainer):
-            theirs = other._joining(trainer, pl_module, step, hook, self._sample_source(), mine)
-            if theirs is not None:
-                group.append((other, theirs, changers + before))
-        if len(group) == 1:
-            return
-        try:
-            run_sample_pass(self.analysed_generator, [consumer for _, consumer, _ in group])
-        except Exception:  # each analysis meets it again in its own pass
-            return
-        for callback, consumer, changed_by in group:
-            callback._prefetched = (step, consumer, changed_by)
-        for callback, consumer, _ in group[1:]:
-            callback._prepaid = consumer.seconds
-            _ANALYSIS_SECONDS[0] += consumer.seconds
-
-    def _followers(
-        self, trainer: pl.Trainer
-    ) -> Iterator[tuple[ScheduledAnalysis, list[ScheduledAnalysis]]]:
-        """The analyses right after this one in the callback list that may share its pass.
-
-        Each comes with the analyses between this one and it that may change the generator.
-        """
-        callbacks = list(getattr(trainer, "callbacks", []))
-        if self not in callbacks:
-            return
-        changers: list[ScheduledAnalysis] = []
-        for callback in callbacks[callbacks.index(self) + 1 :]:
-            if isinstance(callback, ScheduledAnalysis):
-                yield callback, list(changers)
-                if callback._may_change_generator():
-                    changers.append(callback)
-            elif not isinstance(callback, _NEVER_TOUCH_THE_MODEL):
-                return
-
-    def _joining(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        step: int,
-        hook: Hook,
-        source: tuple[Any, ...],
-        lead: SampleConsumer,
-    ) -> SampleConsumer | None:
-        """This analysis's pass, if it runs at ``step`` in ``hook`` and can share ``lead``'s."""
-        if trainer.sanity_checking or step == self._last_step or self._generator is None:
-            return None
-        if hook == "batch":
-            self._close_batch(self._clock())  # the budget below sees this batch's time
-        if not self._due(trainer, hook, step):
-            return None
-        if dist_info()[1] > 1 and self._budgeted(hook):
-            return None  # its decision is a collective, not to be taken on one process's behalf
-        if not self._within_budget(trainer, hook, step):
-            return None
-        if self._sample_source() != source:
-            return None
-        try:
-            theirs = self._sample_consumer(trainer, pl_module, step)
-        except Exception:
-            return None
-        return theirs if theirs is not None and lead.same_samples(theirs) else None
 
     def _log_cost(self, trainer: pl.Trainer, step: int, since: int | None) -> None:
         """What the analysis costs, where every logger sees it beside the curves."""

@@ -146,6 +146,8 @@ class ArtifactPruningCallback(ScheduledAnalysis):
     """
 
     _what = "check"
+    #: It changes the generator only where _may_change_generator says (callbacks/_sharing.py).
+    _declares_generator_changes = True
     _default_name = "artifacts"
     #: One plain-value entry per check: scores, candidates, SWD with/without, decision.
     history: list[dict[str, Any]]

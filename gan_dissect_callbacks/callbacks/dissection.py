@@ -110,6 +110,8 @@ class DissectionCallback(ScheduledAnalysis):
     """
 
     _what = "dissection"
+    #: It never changes the generator, so analyses after it may share its samples.
+    _declares_generator_changes = True
     _default_name = "dissection"
     #: One entry per dissection: step, and per layer the logged numbers and unit labels.
     history: list[dict[str, Any]]

@@ -154,6 +154,8 @@ class InterventionCallback(ScheduledAnalysis):
     """
 
     _what = "intervention analysis"
+    #: It never changes the generator, so analyses after it may share its samples.
+    _declares_generator_changes = True
     _default_name = "intervention"
     #: One entry per run: step, ranking source and, per concept, the measured numbers.
     history: list[dict[str, Any]]

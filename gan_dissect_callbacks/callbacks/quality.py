@@ -30,6 +30,7 @@ from gan_dissect_callbacks.callbacks._real_images import (
 )
 from gan_dissect_callbacks.callbacks._schedule import ScheduledAnalysis
 from gan_dissect_callbacks.callbacks._trainer import report_output
+from gan_dissect_callbacks.engines.generator import AnalysedGenerator
 from gan_dissect_callbacks.engines.passes import PassBatch, SampleConsumer, run_sample_pass
 from gan_dissect_callbacks.engines.sampling import LatentSampler
 from gan_dissect_callbacks.metrics.quality import DiscriminatorScore
@@ -81,6 +82,8 @@ class QualityMonitor(ScheduledAnalysis):
     """
 
     _what = "check"
+    #: It never changes the generator, so analyses after it may share its samples.
+    _declares_generator_changes = True
     _default_name = "quality"
     _writes_reports = False
     #: One entry per measurement: ``{"step": n, "swd_avg": ..., ...}``.
@@ -182,8 +185,6 @@ class QualityMonitor(ScheduledAnalysis):
             for chunk in real.split(self.batch_size):
                 swd.update(chunk, real=True)
             self._swd = swd
-        # A consumer that was filled but never computed (its check did not run) leaves fakes.
-        self._swd.reset()
         return _GeneratedQuality(
             self._swd,
             resolve_discriminator(pl_module, self.discriminator),
@@ -213,6 +214,11 @@ class _GeneratedQuality(SampleConsumer):
         self.score = (
             DiscriminatorScore(sync_on_compute=False) if discriminator is not None else None
         )
+
+    def begin(self, g: AnalysedGenerator) -> None:
+        # The fakes of a pass whose check did not compute (an analysis in between changed the
+        # generator) are dropped; the real side is kept.
+        self.swd.reset()
 
     def add(self, batch: PassBatch) -> None:
         images = batch.images.float()

@@ -31,10 +31,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -124,6 +126,30 @@ class SampleConsumer(ABC):
     def add(self, batch: PassBatch) -> None:
         """Fold in one batch of samples."""
 
+    def settings(self) -> dict[str, Any]:
+        """What the consumer was made with: it serves only an analysis called with the same."""
+        return {
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "layers": list(self.layers),
+        }
+
+    def check_made_like(self, expected: SampleConsumer, call: str) -> None:
+        """Raise unless this consumer has ``expected``'s :meth:`settings` (those of ``call``).
+
+        Raises:
+            ValueError: naming each setting that differs, expected against given.
+        """
+        mine, theirs = self.settings(), expected.settings()
+        differ = sorted(key for key in theirs if mine.get(key) != theirs[key])
+        if differ:
+            raise ValueError(
+                f"Expected `samples` made with the arguments of the {call} call "
+                f"({', '.join(f'{k}={theirs[k]!r}' for k in differ)}), but got "
+                f"{', '.join(f'{k}={mine.get(k)!r}' for k in differ)}."
+            )
+
     def raise_error(self) -> None:
         """Re-raise the failure that stopped this consumer, if any."""
         if self.error is not None:
@@ -166,10 +192,10 @@ def run_sample_pass(g: AnalysedGenerator, consumers: Sequence[SampleConsumer]) -
     if not consumers:
         return
     lead = consumers[0]
-    if not all(lead.same_samples(c) for c in consumers):
+    if not all(a.same_samples(b) for a, b in itertools.combinations(consumers, 2)):
         raise ValueError(
-            "Expected consumers of one pass to want the same samples (seed, batch size, split, "
-            "and whole batches when they take fewer), but got "
+            "Expected every two consumers of one pass to want the same samples (seed, batch size, "
+            "split, and whole batches when one takes fewer), but got "
             f"{[(c.seed, c.batch_size, c.num_samples, c.split) for c in consumers]}."
         )
     clock = time.perf_counter

@@ -81,7 +81,18 @@ class Bar:
 
 
 @dataclass(frozen=True)
-class CategoryChart:
+class _Drawn:
+    """A drawn chart: ``[H, W, 3]`` uint8 pixels, read-only."""
+
+    pixels: np.ndarray
+
+    def image(self) -> Tensor:
+        """The chart as a ``[3, H, W]`` float image in ``[0, 1]``."""
+        return from_pixels(self.pixels)
+
+
+@dataclass(frozen=True)
+class CategoryChart(_Drawn):
     """The paper's unit-class distribution chart of one layer, drawn.
 
     Attributes:
@@ -95,16 +106,11 @@ class CategoryChart:
             ``"y label"`` and ``"note"`` (the message of a chart without bars).
     """
 
-    pixels: np.ndarray
     title: str
     bars: tuple[Bar, ...]
     legend: tuple[tuple[str, tuple[int, int, int]], ...]
     plot: Box
     texts: tuple[tuple[str, str, Box], ...]
-
-    def image(self) -> Tensor:
-        """The chart as a ``[3, H, W]`` float image in ``[0, 1]``."""
-        return from_pixels(self.pixels)
 
 
 def category_chart(layer: LayerReport, vocabulary: ConceptVocabulary) -> CategoryChart:
@@ -159,9 +165,10 @@ def _chart_data(layer: LayerReport, vocabulary: ConceptVocabulary) -> _ChartData
     return layer.summary(vocabulary.categories), tuple(counts.items()), bars
 
 
-#: Sizes of the chart in pixels: its height, its least width, the width it takes per bar, the
-#: margin around everything, the ticks' length and the gap between texts and what they label.
-_HEIGHT, _MIN_WIDTH, _PER_BAR, _MARGIN, _TICK, _GAP = 320, 400, 30, 5, 4, 3
+#: Sizes of the chart in pixels: its usual height, its least width, the width it takes per bar,
+#: the margin around everything, the ticks' length, the gap between texts and what they label,
+#: and the least height of the plot.
+_HEIGHT, _MIN_WIDTH, _PER_BAR, _MARGIN, _TICK, _GAP, _MIN_PLOT = 320, 400, 30, 5, 4, 3, 120
 #: Font sizes (pixels) of the title and of every other text: a pixel above the 9 and 8 points
 #: at 100 dpi of the matplotlib figure this chart replaced.
 _TITLE_SIZE, _TEXT_SIZE = 14, 12
@@ -185,28 +192,37 @@ def _draw_category_chart(
     )
     swatch = (2 * _TEXT_SIZE, max(1, round(0.7 * _TEXT_SIZE)))
     entries = [swatch[0] + 2 * _GAP + text_width(text, font) for text, _ in legend]
-    # Above the bars, never over them; long category names: one entry per line.
-    columns = 1 if sum(len(text) for text, _ in legend) > 60 else max(1, min(len(legend), 4))
-    column_widths = [max(entries[i::columns]) for i in range(min(columns, len(entries)))]
     column_gap = 2 * _TEXT_SIZE
-    legend_width = sum(column_widths) + column_gap * max(0, len(column_widths) - 1)
+
+    def legend_layout(columns: int) -> tuple[list[int], int]:
+        widths = [max(entries[i::columns]) for i in range(min(columns, len(entries)))]
+        return widths, sum(widths) + column_gap * max(0, len(widths) - 1)
+
+    highest = max((n for _, n, _ in bars), default=0)
+    width = max(_MIN_WIDTH, 150 + _PER_BAR * len(bars))
+    # Tick labels are at most as wide as the highest count (the font's digits are as wide).
+    left = _MARGIN + (_y_room([str(highest)], font) if bars else 0)
+    # Above the bars, never over them: as many columns (up to 4) as the chart's width holds.
+    room = width - left - 3 * _MARGIN
+    columns = next((c for c in range(min(4, len(legend)), 1, -1) if legend_layout(c)[1] <= room), 1)
+    column_widths, legend_width = legend_layout(columns)
     legend_rows = -(-len(legend) // columns)
 
     names = max((text_width(name, font) for name, _, _ in bars), default=0)
-    title_height = _line_height(title_font)
-    legend_top = _MARGIN + title_height + _GAP
+    names_room = names + _TICK + _GAP if bars else 0
+    legend_top = _MARGIN + _line_height(title_font) + _GAP
     top = legend_top + legend_rows * (line + _GAP) + _MARGIN
-    bottom = _HEIGHT - _MARGIN - (names + _TICK + _GAP if bars else 0)
-    highest = max((n for _, n, _ in bars), default=0)
+    # Taller than usual when long names or many categories would leave the bars no room.
+    height = max(_HEIGHT, top + _MIN_PLOT + names_room + _MARGIN)
+    bottom = height - _MARGIN - names_room
     # As many tick labels as fit with a line between them (matplotlib's at most 9 are denser).
     ticks = _integer_ticks(highest, most=max(2, (bottom - top) // (2 * line))) if bars else []
-    left = _MARGIN + (_y_room([str(t) for t in ticks], font) if bars else 0)
     needed = max(left + legend_width + 3 * _MARGIN, text_width(title, title_font) + 2 * _MARGIN)
-    width = max(_MIN_WIDTH, 150 + _PER_BAR * len(bars), -(-needed // 25) * 25)  # steps of 25 px
+    width = max(width, -(-needed // 25) * 25)  # widened in steps of 25 px
     title_box = _centred(width // 2, _MARGIN, title, title_font)
     plot = Box(left, top, width - 2 * _MARGIN, bottom)
 
-    image = Image.new("RGB", (width, _HEIGHT), "white")
+    image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     texts = [("title", title, _text(draw, title_box, title, title_font))]
     for i, (text, colour) in enumerate(legend):
@@ -270,7 +286,7 @@ class Series:
 
 
 @dataclass(frozen=True)
-class LineChart:
+class LineChart(_Drawn):
     """A drawn line chart: its pixels, and where every point and text is.
 
     Attributes:
@@ -283,15 +299,10 @@ class LineChart:
             lower right corner, on white).
     """
 
-    pixels: np.ndarray
     series: tuple[Series, ...]
     points: tuple[tuple[tuple[int, int], ...], ...]
     plot: Box
     texts: tuple[tuple[str, str, Box], ...]
-
-    def image(self) -> Tensor:
-        """The chart as a ``[3, H, W]`` float image in ``[0, 1]``."""
-        return from_pixels(self.pixels)
 
 
 #: Line charts: their size, and their fonts' sizes (title, other texts, legend) in pixels.
@@ -309,7 +320,12 @@ def line_chart(
     """Lines through their points, drawn with Pillow: whole-number x ticks, given y ticks.
 
     The x axis spans the points with a margin of 5% on each side; the y axis spans ``y_ticks``
-    with the same margin. The legend sits in the plot's lower right corner.
+    with the same margin, and a value beyond it is drawn at the plot's edge. The legend sits in
+    the plot's lower right corner.
+
+    Raises:
+        ValueError: for fewer than two ``y_ticks``, or a series with NaN/Inf values or with
+            more x than y values (or fewer).
 
     Example:
         >>> line = Series("top units", (0, 1, 2), (0.0, 0.5, 0.9), (31, 119, 180), marker="o")
@@ -318,6 +334,16 @@ def line_chart(
         >>> chart.pixels.shape, [kind for kind, _, _ in chart.texts].count("x tick")
         ((240, 320, 3), 3)
     """
+    if len(y_ticks) < 2 or not all(math.isfinite(v) for v in y_ticks):
+        raise ValueError(
+            f"Expected argument `y_ticks` to hold at least two finite values, but got {y_ticks!r}."
+        )
+    for one in series:
+        if len(one.xs) != len(one.ys) or not all(map(math.isfinite, (*one.xs, *one.ys))):
+            raise ValueError(
+                f"Expected the series {one.label!r} to have as many finite x as y values, but "
+                f"got xs={one.xs!r}, ys={one.ys!r}."
+            )
     width, height = _LINE_CHART_SIZE
     title_font, font, legend_font = (sized_font(size) for size in _LINE_FONT_SIZES)
     line = _line_height(font)
@@ -336,6 +362,7 @@ def line_chart(
         return round(plot.x0 + (v - x_low) / (x_high - x_low) * (plot.x1 - plot.x0))
 
     def y_of(v: float) -> int:
+        v = min(max(v, y_low), y_high)  # values beyond the ticks' span at the plot's edge
         return round(plot.y1 - (v - y_low) / (y_high - y_low) * (plot.y1 - plot.y0))
 
     image = Image.new("RGB", (width, height), "white")

@@ -109,7 +109,7 @@ def sized_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """
     try:
         return ImageFont.truetype(_dejavu_sans(), size)
-    except OSError:
+    except (OSError, ImportError):  # no such file, or a Pillow built without FreeType
         return ImageFont.load_default(size=size)
 
 

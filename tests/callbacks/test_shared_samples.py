@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-import gan_dissect_callbacks.callbacks._schedule as schedule
+import gan_dissect_callbacks.callbacks._sharing as sharing
 import gan_dissect_callbacks.callbacks.quality as quality
 import gan_dissect_callbacks.engines.artifacts.scoring as scoring
 import gan_dissect_callbacks.engines.dissection as dissection
@@ -79,7 +79,7 @@ def fit(root: Path, callbacks: list[pl.Callback]) -> SceneGAN:
 def passes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The consumers of every pass over samples, in order, by class name."""
     calls: list[list[str]] = []
-    for module in (schedule, quality, scoring, dissection):
+    for module in (sharing, quality, scoring, dissection):
         real = module.run_sample_pass
 
         def spy(g, consumers, real=real):
@@ -118,7 +118,9 @@ def test_shared_passes_give_the_answers_of_separate_ones_and_leave_training_alon
 
 
 class Brighten(ScheduledAnalysis):
-    """Changes the generator at its steps when told to, as a pruning would."""
+    """Changes the generator at its steps when told to, as a pruning would, and says so."""
+
+    _declares_generator_changes = True
 
     def __init__(self, change: bool) -> None:
         super().__init__(every_n_train_steps=3, raise_on_error=True)
@@ -183,3 +185,41 @@ def test_a_failing_shared_generation_lets_each_analysis_draw_its_own(tmp_path, p
     assert dissect_.history == alone.history and scoring_.history == []
     tried = ["DissectionSamples", "TopActivatingSamples"]
     assert passes[:3] == [tried, ["DissectionSamples"], ["TopActivatingSamples"]]
+
+
+def test_an_analysis_takes_part_in_one_pass_a_step(tmp_path, passes) -> None:
+    # The pruning check cannot join the dissection's pass (another batch size); when it runs,
+    # the quality monitor has its pass already and must not be asked again.
+    segmenter = load_toy_segmenter()
+    common = {**COMMON, "max_overhead": None, "raise_on_error": True}
+
+    def three() -> list[ScheduledAnalysis]:
+        return [
+            DissectionCallback(["generator.layer2"], segmenter, top_k=2, top_n=2, **common),
+            ArtifactPruningCallback(
+                "generator.layer2", top_k=2, num_seeds=2, num_images=2, **SWD,
+                **{**common, "batch_size": 4},
+            ),
+            QualityMonitor(**SWD, **common),
+        ]  # fmt: skip
+
+    shared, separate = three(), three()
+    fit(tmp_path / "shared", shared)
+    assert passes[:2] == [["DissectionSamples", "_GeneratedQuality"], ["TopActivatingSamples"]]
+    assert len(passes) == 4  # two steps
+    fit(tmp_path / "apart", apart(separate))
+    for a, b in zip(shared, separate, strict=True):
+        assert a.history == b.history
+
+
+class Undeclared(ScheduledAnalysis):
+    """A user's analysis that says nothing of what it does to the generator."""
+
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        self.history.append({"step": step})
+
+
+def test_an_analysis_that_does_not_declare_its_changes_ends_the_chain(tmp_path, passes) -> None:
+    first, _, monitor = analyses()
+    fit(tmp_path, [first, Undeclared(every_n_train_steps=3), monitor])
+    assert passes == [["DissectionSamples"], ["_GeneratedQuality"]] * 2

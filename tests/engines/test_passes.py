@@ -121,9 +121,20 @@ def test_consumers_of_other_samples_cannot_share_a_pass(gan) -> None:
     g = AnalysedGenerator(gan)
     for other in (Recorder(8, 4, seed=1), Recorder(8, 2), Recorder(6, 4)):
         assert not Recorder(8, 4).same_samples(other)
-        with pytest.raises(ValueError, match="same samples"):
+        with pytest.raises(ValueError, match="want the same samples"):
             run_sample_pass(g, [Recorder(8, 4), other])
     assert Recorder(8, 4).same_samples(Recorder(4, 4))  # a whole first batch
+
+
+def test_every_two_consumers_of_a_pass_must_want_the_same_samples(gan) -> None:
+    g = AnalysedGenerator(gan)
+    # Each goes with the 8 of the first, but 10 samples would be drawn in chunks 4, 4, 2 and a
+    # pass of 14 draws 4, 4, 4, 2: the second would get other (and more) samples.
+    with pytest.raises(ValueError, match="want the same samples"):
+        run_sample_pass(g, [Recorder(8, 4), Recorder(10, 4), Recorder(14, 4)])
+    whole = [Recorder(8, 4), Recorder(12, 4), Recorder(14, 4)]
+    run_sample_pass(g, whole)
+    assert [sum(len(b.indices) for b in c.batches) for c in whole] == [8, 12, 14]
 
 
 def test_a_generation_failure_fails_the_pass(gan) -> None:
@@ -158,12 +169,14 @@ def test_a_pass_made_with_other_arguments_is_refused(gan) -> None:
     g = AnalysedGenerator(gan)
     samples = DissectionSamples(["generator.layer2"], segmenter, num_samples=8, batch_size=4)
     run_sample_pass(g, [samples])
-    with pytest.raises(ValueError, match="same layers, segmenter"):
+    with pytest.raises(
+        ValueError, match=r"arguments of the dissect\(\) call \(seed=1\), but got seed=0"
+    ):
         dissect(g, ["generator.layer2"], segmenter, num_samples=8, batch_size=4, seed=1,
                 samples=samples)  # fmt: skip
     top = TopActivatingSamples("generator.layer3", num_samples=8, batch_size=4)
     run_sample_pass(g, [top])
     real = torch.rand(4, 3, 32, 32) * 2 - 1
-    with pytest.raises(ValueError, match="layer, num_samples, batch_size and seed"):
+    with pytest.raises(ValueError, match=r"score_units\(\) call \(layers=\['generator.layer2'\]\)"):
         score_units(g, "generator.layer2", real, num_samples=8, batch_size=4, top_k=2,
                     samples=top)  # fmt: skip

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.engines.dissection import LayerReport, UnitReport
 from gan_dissect_callbacks.reporting.charts import (
     Box,
+    Series,
     category_chart,
+    line_chart,
 )
 from gan_dissect_callbacks.reporting.galleries import GalleryRow, unit_gallery, unit_overlay
 from gan_dissect_callbacks.reporting.images import DISPLAY_WIDTH, label_cap_height, to_unit_range
@@ -210,6 +214,44 @@ def test_the_category_chart_texts_lie_inside_the_chart_and_clear_of_each_other(
     assert top["title"].y1 <= top["legend"].y0  # the title above the legend
     for bar in chart.bars:  # each bar stands on the plot's floor, inside it
         assert bar.box.inside(plot) and bar.box.y1 == plot.y1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    names=st.lists(st.text("abcdefgh ,", min_size=1, max_size=45), min_size=1, max_size=12,
+                   unique=True),
+    categories=st.lists(st.text("xyz ", min_size=1, max_size=30), min_size=1, max_size=7,
+                        unique=True),
+    counts=st.lists(st.integers(1, 3000), min_size=12, max_size=12),
+)  # fmt: skip
+def test_the_category_chart_keeps_its_plot_and_texts_apart_whatever_the_names(
+    names: list[str], categories: list[str], counts: list[int]
+) -> None:
+    pairs = [(n, categories[i % len(categories)]) for i, n in enumerate(names)]
+    vocab = ConceptVocabulary.from_pairs(pairs)
+    units = [
+        UnitReport(u, name, category, 0.2, 1.0, 0.1, True)
+        for i, (name, category) in enumerate(pairs)
+        for u in range(counts[i] % 7 + 1)
+    ]
+    chart = category_chart(LayerReport("generator.layer3", len(units), units, []), vocab)
+    height, width = chart.pixels.shape[:2]
+    assert chart.plot.y1 - chart.plot.y0 >= 120  # the bars keep room, however long the names
+    for kind, text, box in chart.texts:
+        assert box.inside(Box(0, 0, width, height)), (kind, text)
+        assert not box.overlaps(chart.plot), (kind, text)
+
+
+def test_a_line_chart_refuses_what_it_cannot_draw() -> None:
+    good = Series("a", (0.0, 1.0), (0.0, 1.0), (0, 0, 0))
+    with pytest.raises(ValueError, match="`y_ticks` to hold at least two finite values"):
+        line_chart([good], title="t", x_label="x", y_label="y", y_ticks=[])
+    bad = Series("b", (0.0, 1.0), (0.0, float("nan")), (0, 0, 0))
+    with pytest.raises(ValueError, match="series 'b' to have as many finite x as y values"):
+        line_chart([bad], title="t", x_label="x", y_label="y", y_ticks=[0.0, 1.0])
+    far = Series("c", (0.0, 1.0), (0.0, 9.0), (0, 0, 0))  # beyond the ticks: at the edge
+    chart = line_chart([far], title="t", x_label="x", y_label="y", y_ticks=[0.0, 1.0])
+    assert chart.points[0][1][1] == chart.plot.y0
 
 
 @pytest.mark.parametrize("concept", ["sky", "chest of drawers"])

@@ -79,7 +79,8 @@ def test_the_compiled_event_checksum_is_tensorboards(data: bytes) -> None:
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
 
     assert checksums.masked_crc32c(data) == reference(data)
-    assert checksums._python_crc32c(data) == checksums._crc32c(data) or not _counting.available()
+    if _counting.available():  # the compiled kernel and the Python loop agree too
+        assert checksums._python_crc32c(data) == checksums._crc32c(data)
 
 
 def test_writers_get_the_compiled_checksums_and_write_the_same_readable_files(
@@ -96,10 +97,10 @@ def test_writers_get_the_compiled_checksums_and_write_the_same_readable_files(
     if not _counting.available():
         pytest.skip("numba is not installed (the `fast` extra)")
     ReportOutput(writers=[object()])
-    assert record_writer.masked_crc32c is checksums.masked_crc32c
+    assert record_writer.masked_crc32c is checksums._guarded
     payload = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
     files = []
-    for crc in (reference, checksums.masked_crc32c):
+    for crc in (reference, checksums._guarded):
         monkeypatch.setattr(record_writer, "masked_crc32c", crc)
         out = io.BytesIO()
         record_writer.RecordWriter(out).write(payload)
@@ -113,3 +114,24 @@ def test_writers_get_the_compiled_checksums_and_write_the_same_readable_files(
     events.Reload()  # the reader checks every record's checksums
     assert events.Scalars("scalar")[0].value == 0.25
     assert events.Images("image")[0].width == 64
+
+
+def test_a_checksum_that_fails_its_check_or_later_leaves_tensorboards_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+
+    if not _counting.available():
+        pytest.skip("numba is not installed (the `fast` extra)")
+    monkeypatch.setattr(record_writer, "masked_crc32c", reference)
+    monkeypatch.setattr(checksums, "masked_crc32c", lambda data: 0)  # a wrong kernel
+    assert not checksums.use_compiled_checksums()
+    assert record_writer.masked_crc32c is reference
+
+    def broken(data: bytes) -> int:
+        raise RuntimeError("the compiled kernel broke")
+
+    monkeypatch.setattr(checksums, "_fallback", [reference])
+    monkeypatch.setattr(checksums, "masked_crc32c", broken)
+    assert checksums._guarded(b"event") == reference(b"event")  # the writer thread goes on

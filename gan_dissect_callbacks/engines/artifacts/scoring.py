@@ -187,16 +187,6 @@ class TopActivatingSamples(SampleConsumer):
         self.peaks: list[Tensor] = []
         self.latents: list[Tensor] = []
 
-    def check_settings(self, other: TopActivatingSamples) -> None:
-        """Raise unless ``other`` was made with the same arguments (the scoring call's)."""
-        mine = (self.layer, self.num_samples, self.batch_size, self.seed)
-        theirs = (other.layer, other.num_samples, other.batch_size, other.seed)
-        if mine != theirs:
-            raise ValueError(
-                "Expected `samples` made with the layer, num_samples, batch_size and seed of the "
-                f"score_units() call {theirs}, but got {mine}."
-            )
-
     def add(self, batch: PassBatch) -> None:
         r = batch.activations[self.layer]
         featuremap_shape(self.layer, r)
@@ -318,7 +308,7 @@ def score_units(
         samples = settings
         run_sample_pass(g, [samples])
     else:
-        samples.check_settings(settings)
+        samples.check_made_like(settings, "score_units()")
     samples.raise_error()
     outside = [discriminator] if method == "discriminator" else []
     with g.harmless(also=outside):

@@ -147,7 +147,7 @@ def dissect(
             run_sample_pass(g, [samples])
             samples.raise_error()
     else:
-        samples.check_settings(settings)
+        samples.check_made_like(settings, "dissect()")
         samples.raise_error()
     streams = samples.streams
     if samples.lowest >= 0.0 and dist_info()[0] == 0:
@@ -255,20 +255,14 @@ class DissectionSamples(SampleConsumer):
         self.lowest = float("inf")
         self._done = 0
 
-    def _settings(self) -> tuple[Any, ...]:
-        return (
-            self.layers, id(self.segmenter), self.num_samples, self.batch_size, self.seed,
-            self.quantile, self.top_k, self.metric_kwargs,
-        )  # fmt: skip
-
-    def check_settings(self, other: DissectionSamples) -> None:
-        """Raise unless ``other`` was made with the same arguments (the dissect call's)."""
-        if self._settings() != other._settings():
-            raise ValueError(
-                "Expected `samples` made with the same layers, segmenter, num_samples, "
-                "batch_size, seed, quantile, top_k and metric_kwargs as the dissect() call, but "
-                f"they differ: {self._settings()} against {other._settings()}."
-            )
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "segmenter": self.segmenter,
+            "quantile": self.quantile,
+            "top_k": self.top_k,
+            "metric_kwargs": self.metric_kwargs,
+        }
 
     def begin(self, g: AnalysedGenerator) -> None:
         if dist_info()[1] > 1:
