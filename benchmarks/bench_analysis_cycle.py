@@ -60,9 +60,11 @@ def _timed(record: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _charged(
+def charged_by_step(
     record: dict[int, float], fn: Callable[[float, int], Any]
 ) -> Callable[[float, int], Any]:
+    """``fn`` (a budget's ``record_analysis``) that also adds each charge to ``record[step]``."""
+
     def charge(seconds: float, step: int) -> Any:
         record[step] = record.get(step, 0.0) + seconds
         return fn(seconds, step)
@@ -85,7 +87,7 @@ def main() -> None:
     for callback in callbacks:
         assert isinstance(callback, ScheduledAnalysis)
         callback.raise_on_error = True
-        callback.budget.record_analysis = _charged(  # type: ignore[assignment,method-assign]
+        callback.budget.record_analysis = charged_by_step(  # type: ignore[assignment,method-assign]
             charged.setdefault(type(callback).__name__, {}), callback.budget.record_analysis
         )
     gan = load_pretrained_scene_gan()

@@ -106,6 +106,7 @@ for _path in (HERE, ROOT / "examples"):
         sys.path.insert(0, str(_path))
 
 import bench_unit_concept_iou as reference  # noqa: E402
+from bench_analysis_cycle import charged_by_step  # noqa: E402
 from progan_like import ProGANLike, random_ade20k_segmenter  # noqa: E402
 
 #: The 2020 reference pipeline on the §6 workload, 2 CPU threads (MISSION §6).
@@ -806,14 +807,6 @@ def _default_cadence(callback: pl.Callback) -> int:
     return int(inspect.signature(type(callback)).parameters["every_n_train_steps"].default)
 
 
-def _charging(record: list[float], fn: Callable[[float, int], Any]) -> Callable[[float, int], Any]:
-    def charge(seconds: float, step: int) -> Any:
-        record.append(seconds)
-        return fn(seconds, step)
-
-    return charge
-
-
 def _train_once(
     callbacks: list[pl.Callback],
     data: SceneDataModule,
@@ -826,11 +819,11 @@ def _train_once(
     clock = BatchClock()
     # What each analysis costs is what its budget is charged: its own time, plus its part of a
     # pass of samples it shared with the analyses due at the same step (docs/callbacks.md).
-    charged: dict[str, list[float]] = {}
+    charged: dict[str, dict[int, float]] = {}
     for callback in callbacks:
         if isinstance(callback, ScheduledAnalysis):
-            record = charged.setdefault(type(callback).__name__, [])
-            callback.budget.record_analysis = _charging(  # type: ignore[assignment,method-assign]
+            record = charged.setdefault(type(callback).__name__, {})
+            callback.budget.record_analysis = charged_by_step(  # type: ignore[assignment,method-assign]
                 record, callback.budget.record_analysis
             )
     profiler = SimpleProfiler(dirpath=log_dir, filename="profile")
@@ -867,7 +860,7 @@ def _train_once(
         per_batch = _median([d for i, d in enumerate(batch_end) if i not in due] or batch_end)
         # Each analysis, in order: one at train start if the callback has one, then at every
         # `every` batches. The first prepares what later ones keep (e.g. SWD's real side).
-        analyses = charged[type(callback).__name__]
+        analyses = list(charged[type(callback).__name__].values())  # in step order
         first, later = analyses[0], analyses[1:] or analyses
         per_callback[type(callback).__name__] = {
             "analysis_s": _median(later),

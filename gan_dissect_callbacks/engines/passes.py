@@ -210,7 +210,7 @@ def run_sample_pass(g: AnalysedGenerator, consumers: Sequence[SampleConsumer]) -
             consumer.error = err
         charged[index] += clock() - begun
 
-    def share(seconds: float, among: Sequence[int]) -> None:
+    def split_among(seconds: float, among: Sequence[int]) -> None:
         for index in among:
             charged[index] += seconds / len(among)
 
@@ -233,14 +233,14 @@ def run_sample_pass(g: AnalysedGenerator, consumers: Sequence[SampleConsumer]) -
                 begun = clock()
                 layers = list(dict.fromkeys(name for i in taking for name in consumers[i].layers))
                 images, acts = g.run(batch.latents, capture=layers)
-                share(clock() - begun, taking)
+                split_among(clock() - begun, taking)
                 masks = {}
                 for i in taking:
                     segmenter = consumers[i].segmenter
                     if segmenter is not None and id(segmenter) not in masks:
                         begun = clock()
                         masks[id(segmenter)] = checked_segment(segmenter, images)
-                        share(
+                        split_among(
                             clock() - begun,
                             [j for j in taking if consumers[j].segmenter is segmenter],
                         )
