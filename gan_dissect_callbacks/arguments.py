@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 __all__ = [
     "MEASURES",
     "SCORE_METHODS",
+    "SEGMENTER_PRECISIONS",
     "THRESHOLD_RULES",
     "VALUE_RULES",
     "Measure",
     "ScoreMethod",
+    "SegmenterPrecision",
     "ThresholdRule",
     "ValueRule",
     "check_choice",
@@ -69,6 +71,11 @@ VALUE_RULES: tuple[str, ...] = get_args(ValueRule)
 #: Where an intervention's effect is measured: inside the edited region, or over the image.
 Measure = Literal["region", "image"]
 MEASURES: tuple[str, ...] = get_args(Measure)
+
+#: The precision a segmenter's module runs at, in Lightning's names: float32, autocast to
+#: bfloat16 or float16, or ``"auto"`` (bfloat16 where the device computes it natively).
+SegmenterPrecision = Literal["32-true", "bf16-mixed", "16-mixed", "auto"]
+SEGMENTER_PRECISIONS: tuple[str, ...] = get_args(SegmenterPrecision)
 
 _Choice = TypeVar("_Choice", bound=str)
 

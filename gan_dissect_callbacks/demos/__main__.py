@@ -69,18 +69,10 @@ def _train_segmenter(args: argparse.Namespace) -> None:
     _print_iou(evaluate_segmenter(_segment_with(args.out)))
 
 
-def _segment_with(path: str | None):  # type: ignore[no-untyped-def]
-    import torch
+def _segment_with(path: str | None, precision: str = "32-true"):  # type: ignore[no-untyped-def]
+    from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 
-    from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter_net
-
-    net = load_toy_segmenter_net(path)
-
-    @torch.no_grad()
-    def segment(images: torch.Tensor) -> torch.Tensor:
-        return net(images) > 0
-
-    return segment
+    return load_toy_segmenter(path, precision).segment  # type: ignore[arg-type]
 
 
 def _print_iou(result: dict[str, float]) -> None:
@@ -92,7 +84,9 @@ def _evaluate_segmenter(args: argparse.Namespace) -> None:
 
     _print_iou(
         evaluate_segmenter(
-            _segment_with(args.weights), num_scenes=args.num_scenes, degraded=args.degraded
+            _segment_with(args.weights, args.precision),
+            num_scenes=args.num_scenes,
+            degraded=args.degraded,
         )
     )
 
@@ -146,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ev.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     ev.add_argument("--num-scenes", type=int, default=2000)
     ev.add_argument("--degraded", action="store_true", help="blur/noise the scenes first")
+    ev.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed", "16-mixed", "auto"],
+        help="what the net computes in (default 32-true)",
+    )
     ev.set_defaults(func=_evaluate_segmenter)
 
     fig = sub.add_parser("figure", help="draw real/generated scenes and concept maps to a PNG")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_dissect_callbacks.arguments import SegmenterPrecision
 from gan_dissect_callbacks.demos.scenes import SCENE_VOCABULARY, render_scenes
 from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 
@@ -262,9 +263,16 @@ class ToySegmenter(ModuleSegmenter):
     gan_dissect_callbacks.demos.segmenter.ToySegmenter`` in a LightningCLI YAML); in code,
     :func:`load_toy_segmenter` returns one.
 
+    By default it runs in bfloat16 where the device computes it natively (``precision="auto"``,
+    see :class:`~gan_dissect_callbacks.segmenters.module.ModuleSegmenter`): ~2.5x faster on a
+    CPU with AVX512-BF16, with the same held-out IoU as float32 to three decimals
+    (``docs/toy_world.md``).
+
     Args:
         path: a weights file written by :func:`save_toy_segmenter_net`; ``None``: the shipped
             weights.
+        precision: what the net computes in: ``"auto"``, ``"32-true"``, ``"bf16-mixed"`` or
+            ``"16-mixed"``.
 
     Raises:
         FileNotFoundError: if the weights file is missing, naming the command that makes it.
@@ -273,19 +281,29 @@ class ToySegmenter(ModuleSegmenter):
         >>> segmenter = ToySegmenter()
         >>> segmenter.vocabulary == SCENE_VOCABULARY, segmenter.multilabel
         (True, True)
-        >>> segmenter.segmentation_size((32, 32))
-        (32, 32)
+        >>> segmenter.segmentation_size((32, 32)), segmenter.precision
+        ((32, 32), 'auto')
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        super().__init__(load_toy_segmenter_net(path), SCENE_VOCABULARY, multilabel=True)
+    def __init__(
+        self, path: str | Path | None = None, precision: SegmenterPrecision = "auto"
+    ) -> None:
+        super().__init__(
+            load_toy_segmenter_net(path), SCENE_VOCABULARY, multilabel=True, precision=precision
+        )
 
 
-def load_toy_segmenter(path: str | Path | None = None) -> ModuleSegmenter:
+def load_toy_segmenter(
+    path: str | Path | None = None, precision: SegmenterPrecision = "auto"
+) -> ModuleSegmenter:
     """The toy segmenter behind the :class:`~gan_dissect_callbacks.segmenters.base.Segmenter`
     protocol: multi-label masks over :data:`SCENE_VOCABULARY` at image resolution.
+
+    Args:
+        path: a weights file; ``None``: the shipped weights.
+        precision: what the net computes in (see :class:`ToySegmenter`).
 
     Returns:
         A :class:`ToySegmenter`.
     """
-    return ToySegmenter(path)
+    return ToySegmenter(path, precision)

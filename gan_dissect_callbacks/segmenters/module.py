@@ -10,6 +10,12 @@ of the vocabulary. Two readings of the logits:
 
 Logits are resized to ``output_size`` (bilinear, ``align_corners=False``) *before* the
 nonlinearity, so hard masks have smooth boundaries at any resolution.
+
+The module runs at the segmenter's own ``precision``, whatever the precision of the training
+run that calls it: float32 by default, or under ``torch.autocast`` to bfloat16 or float16.
+Reduced precision is often 2-3x faster (bfloat16 on a CPU with AVX512-BF16 or AMX, float16 or
+bfloat16 on a GPU) and moves logits by rounding only, so a mask changes where a logit lies
+within rounding of the threshold; probabilities and thresholds stay in float32.
 """
 
 from __future__ import annotations
@@ -21,11 +27,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dissect_callbacks.arguments import check_size
+from gan_dissect_callbacks.arguments import (
+    SEGMENTER_PRECISIONS,
+    SegmenterPrecision,
+    check_choice,
+    check_size,
+)
 from gan_dissect_callbacks.instrumentation import eval_mode
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
-__all__ = ["ModuleSegmenter"]
+__all__ = ["ModuleSegmenter", "native_bf16"]
+
+_AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively, so that ``"bf16-mixed"`` is a speed-up.
+
+    A CPU needs AVX512-BF16 or AMX (elsewhere oneDNN emulates bfloat16, slower than float32); a
+    CUDA device needs compute capability 8.0 or newer. ``precision="auto"`` reads this.
+
+    Example:
+        >>> native_bf16("meta")
+        False
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
 
 
 class ModuleSegmenter:
@@ -48,10 +80,14 @@ class ModuleSegmenter:
             normalisation ``lambda x: ((x + 1) / 2 - mean) / std``. ``None``: images as they are.
         output_size: ``(S, S')`` to resize the logits to, or an int for a square; ``None``: the
             module's own output resolution.
+        precision: what the module computes in: ``"32-true"`` (float32, or the module's own
+            dtype), ``"bf16-mixed"`` or ``"16-mixed"`` (``torch.autocast`` to bfloat16 or
+            float16 on the images' device), or ``"auto"``: ``"bf16-mixed"`` where
+            :func:`native_bf16` holds for that device, else ``"32-true"``.
 
     Raises:
         TypeError: if ``module``, ``vocabulary`` or ``input_transform`` has the wrong type.
-        ValueError: if ``threshold`` or ``output_size`` is out of range.
+        ValueError: if ``threshold``, ``output_size`` or ``precision`` is out of range.
 
     Example:
         >>> import torch
@@ -78,6 +114,7 @@ class ModuleSegmenter:
         threshold: float = 0.5,
         input_transform: Callable[[Tensor], Tensor] | None = None,
         output_size: int | tuple[int, int] | None = None,
+        precision: SegmenterPrecision = "32-true",
     ) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(
@@ -112,6 +149,7 @@ class ModuleSegmenter:
         self.threshold = float(threshold)
         self.input_transform = input_transform
         self.output_size = size
+        self.precision = check_choice(precision, "precision", SEGMENTER_PRECISIONS)
         self._probed_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     @property
@@ -130,9 +168,9 @@ class ModuleSegmenter:
         reference = self._reference_tensor()
         if reference is not None and x.is_floating_point() and x.dtype != reference.dtype:
             x = x.to(reference.dtype)  # images reach the module in its own precision
-        # An analysis triggered inside a mixed-precision region would otherwise segment in
-        # half precision; the masks should not depend on the training run's precision.
-        with eval_mode(self.module), torch.autocast(x.device.type, enabled=False):
+        # The segmenter's own precision, not that of a mixed-precision region the analysis was
+        # called in: the masks should not depend on the training run's precision.
+        with eval_mode(self.module), self._autocast(x.device):
             out = self.module(x)
         self._check_logits(out, images.shape[0])
         if out.dtype in (torch.float16, torch.bfloat16):
@@ -178,6 +216,16 @@ class ModuleSegmenter:
                 h, w = self.logits(blank).shape[2:]
             self._probed_sizes[size] = (int(h), int(w))
         return self._probed_sizes[size]
+
+    def _autocast(self, device: torch.device) -> torch.autocast:
+        """The autocast region of ``precision`` on ``device`` (disabled at ``"32-true"``)."""
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16-mixed" if native_bf16(device) else "32-true"
+        dtype = _AUTOCAST_DTYPES.get(precision)
+        if dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=dtype)
 
     def _reference_tensor(self) -> Tensor | None:
         """The module's first floating parameter or buffer: its device and precision."""

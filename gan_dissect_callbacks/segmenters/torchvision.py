@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dissect_callbacks.arguments import check_size
+from gan_dissect_callbacks.arguments import SegmenterPrecision, check_size
 from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 from gan_dissect_callbacks.segmenters.vocabulary import Concept, ConceptVocabulary
 
@@ -120,6 +120,7 @@ class SegmentationLogits(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         scales: Sequence[float] = (1.0,),
         output_size: int | tuple[int, int] | None = None,
+        precision: SegmenterPrecision = "32-true",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -182,6 +183,8 @@ class TorchvisionSegmenter:
         std: per-channel standard deviation for RGB in ``[0, 1]``.
         scales: factors to resize the input by; logits are averaged over scales.
         output_size: ``(S, S')`` (or an int) of the masks; ``None``: the images' size.
+        precision: what the model computes in: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``
+            or ``"auto"`` (see :class:`~gan_dissect_callbacks.segmenters.module.ModuleSegmenter`).
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -216,6 +219,7 @@ class TorchvisionSegmenter:
         std: Sequence[float] = IMAGENET_STD,
         scales: Sequence[float] = (1.0,),
         output_size: int | tuple[int, int] | None = None,
+        precision: SegmenterPrecision = "32-true",
     ) -> None:
         if (
             isinstance(categories, str)
@@ -240,7 +244,11 @@ class TorchvisionSegmenter:
             [Concept("background", "background")] + [Concept(c, "object") for c in categories[1:]]
         )
         self._inner = ModuleSegmenter(
-            wrapper, channels, multilabel=False, output_size=wrapper.output_size
+            wrapper,
+            channels,
+            multilabel=False,
+            output_size=wrapper.output_size,
+            precision=precision,
         )
         self.include_background = include_background
         self._vocabulary = channels if include_background else ConceptVocabulary(list(channels)[1:])
@@ -254,6 +262,7 @@ class TorchvisionSegmenter:
         include_background: bool = False,
         scales: Sequence[float] = (1.0,),
         output_size: int | tuple[int, int] | None = None,
+        precision: SegmenterPrecision = "32-true",
     ) -> TorchvisionSegmenter:
         """Build ``torchvision.models.segmentation.<name>`` with weights from the local cache.
 
@@ -270,6 +279,7 @@ class TorchvisionSegmenter:
             include_background: see :class:`TorchvisionSegmenter`.
             scales: see :class:`TorchvisionSegmenter`.
             output_size: see :class:`TorchvisionSegmenter`.
+            precision: see :class:`TorchvisionSegmenter`.
 
         Raises:
             ImportError: if torchvision is not installed.
@@ -311,6 +321,7 @@ class TorchvisionSegmenter:
             include_background=include_background,
             scales=scales,
             output_size=output_size,
+            precision=precision,
         )
 
     @property

@@ -49,7 +49,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from gan_dissect_callbacks.arguments import check_size
+from gan_dissect_callbacks.arguments import SegmenterPrecision, check_size
 from gan_dissect_callbacks.segmenters.ade20k import lookup_ade20k
 from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
 from gan_dissect_callbacks.segmenters.torchvision import (
@@ -95,6 +95,8 @@ class TransformersSegmenter(ModuleSegmenter):
         std: per-channel standard deviation for RGB in ``[0, 1]``.
         scales: factors to resize the input by; logits are averaged over scales.
         output_size: ``(S, S')`` (or an int) of the masks; ``None``: the images' size.
+        precision: what the model computes in: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``
+            or ``"auto"`` (see :class:`~gan_dissect_callbacks.segmenters.module.ModuleSegmenter`).
 
     Raises:
         TypeError: if ``model`` or ``vocabulary`` has the wrong type.
@@ -141,6 +143,7 @@ class TransformersSegmenter(ModuleSegmenter):
         std: Sequence[float] = IMAGENET_STD,
         scales: Sequence[float] = (1.0,),
         output_size: int | tuple[int, int] | None = None,
+        precision: SegmenterPrecision = "32-true",
     ) -> None:
         if vocabulary is None:
             id2label = getattr(getattr(model, "config", None), "id2label", None)
@@ -153,7 +156,13 @@ class TransformersSegmenter(ModuleSegmenter):
         wrapper = SegmentationLogits(
             model, _transformers_logits, mean=mean, std=std, scales=scales, output_size=output_size
         )
-        super().__init__(wrapper, vocabulary, multilabel=False, output_size=wrapper.output_size)
+        super().__init__(
+            wrapper,
+            vocabulary,
+            multilabel=False,
+            output_size=wrapper.output_size,
+            precision=precision,
+        )
 
     @classmethod
     def from_pretrained(
@@ -166,6 +175,7 @@ class TransformersSegmenter(ModuleSegmenter):
         std: Sequence[float] | None = None,
         scales: Sequence[float] = (1.0,),
         output_size: int | tuple[int, int] | None = None,
+        precision: SegmenterPrecision = "32-true",
     ) -> TransformersSegmenter:
         """Load a model with ``AutoModelForSemanticSegmentation`` from local files only.
 
@@ -183,6 +193,7 @@ class TransformersSegmenter(ModuleSegmenter):
             std: per-channel standard deviation for RGB in ``[0, 1]``, likewise.
             scales: see :class:`TransformersSegmenter`.
             output_size: see :class:`TransformersSegmenter`.
+            precision: see :class:`TransformersSegmenter`.
 
         Raises:
             ImportError: if transformers is not installed.
@@ -217,7 +228,9 @@ class TransformersSegmenter(ModuleSegmenter):
             found_mean, found_std = normalization_from_processor_config(config)
             mean = found_mean if mean is None else mean
             std = found_std if std is None else std
-        return cls(model, mean=mean, std=std, scales=scales, output_size=output_size)
+        return cls(
+            model, mean=mean, std=std, scales=scales, output_size=output_size, precision=precision
+        )
 
     def segmentation_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """``output_size``, or else ``image_size`` (logits are resized to the images' size)."""

@@ -116,3 +116,11 @@ def test_training_mode_uses_batch_statistics_as_before() -> None:
     assert torch.equal(net(images), _layer_by_layer(twin, images))
     for a, b in zip(net.buffers(), twin.buffers(), strict=True):
         assert torch.equal(a, b)  # both updated their running statistics alike
+
+
+def test_the_toy_segmenter_in_bf16_scores_as_in_float32():
+    kw = {"num_scenes": 400, "degraded": True, "seed": 778}
+    full = evaluate_segmenter(load_toy_segmenter(precision="32-true").segment, **kw)
+    half = evaluate_segmenter(load_toy_segmenter(precision="bf16-mixed").segment, **kw)
+    assert max(abs(full[k] - half[k]) for k in full) < 0.005, (full, half)
+    assert load_toy_segmenter().precision == "auto"

@@ -267,3 +267,83 @@ def test_checked_segment_hands_float32_images_to_any_segmenter() -> None:
 
     checked_segment(Recording(identity_net(), VOCAB), random_images().bfloat16())
     assert seen == [torch.float32]
+
+
+class AutocastProbe(nn.Module):
+    """``identity_net``'s logits, recording the autocast state its forward pass runs under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = identity_net()
+        self.seen: list[torch.dtype | None] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [("32-true", None), ("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)],
+)
+def test_the_module_runs_at_the_segmenters_own_precision(precision, expected) -> None:
+    probe = AutocastProbe()
+    segmenter = ModuleSegmenter(probe, VOCAB, precision=precision)
+    images = random_images()
+    logits = segmenter.logits(images)
+    # Whatever region the analysis is called in, the segmenter's precision is its own.
+    with torch.autocast("cpu", dtype=torch.float16 if expected is None else torch.bfloat16):
+        inside = segmenter.logits(images)
+    assert probe.seen == [expected, expected]
+    assert logits.dtype == inside.dtype == torch.float32  # thresholds read float32 logits
+    assert torch.equal(logits, inside)
+    exact = expected is None
+    assert torch.equal(logits, images) if exact else torch.allclose(logits, images, atol=1e-2)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_auto_precision_takes_bf16_only_where_the_device_computes_it_natively(
+    monkeypatch, native, expected
+) -> None:
+    import gan_dissect_callbacks.segmenters.module as module
+
+    asked: list[torch.device] = []
+    monkeypatch.setattr(module, "native_bf16", lambda device: asked.append(device) or native)
+    probe = AutocastProbe()
+    ModuleSegmenter(probe, VOCAB, precision="auto").segment(random_images())
+    assert probe.seen == [expected]
+    assert asked == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(0, 0, False), (1, 0, True), (0, 1, True)]
+)
+def test_a_cpu_computes_bf16_natively_with_avx512_bf16_or_amx(
+    monkeypatch, avx512_bf16, amx, expected
+) -> None:
+    from gan_dissect_callbacks.segmenters.module import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bool(avx512_bf16))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: bool(amx))
+    assert native_bf16("cpu") is expected
+    assert native_bf16("meta") is False
+
+
+def test_bf16_masks_agree_with_float32_but_where_a_logit_is_within_rounding() -> None:
+    net = random_net().eval().requires_grad_(False)
+    images = random_images(batch=16, size=32)
+    full = ModuleSegmenter(net, VOCAB).logits(images)
+    half = ModuleSegmenter(net, VOCAB, precision="bf16-mixed").logits(images)
+    assert half.dtype == torch.float32
+    scale = full.abs().max()
+    assert float((half - full).abs().max()) < 0.02 * float(scale)
+    flipped = (half > 0) != (full > 0)
+    assert bool((full[flipped].abs() < 0.02 * scale).all())  # only near the threshold
+
+
+def test_an_unknown_precision_lists_the_known_ones() -> None:
+    with pytest.raises(
+        ValueError, match=r"`precision`.*'32-true', 'bf16-mixed', '16-mixed', 'auto'"
+    ):
+        ModuleSegmenter(identity_net(), VOCAB, precision="bf16")  # type: ignore[arg-type]
