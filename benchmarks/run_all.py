@@ -98,6 +98,7 @@ from gan_dissect_callbacks.functional.unit_concept import (
 )
 from gan_dissect_callbacks.instrumentation import capture_activations, eval_mode
 from gan_dissect_callbacks.metrics.unit_concept_iou import UnitConceptIoU
+from gan_dissect_callbacks.segmenters.module import native_bf16
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -333,7 +334,8 @@ def _make_case(name: str, settings: Settings, device: torch.device) -> Case:
     if name == "toy":
         model: nn.Module = load_pretrained_scene_gan()
         segmenter: Any = load_toy_segmenter()
-        description = "shipped toy SceneGAN (32 px, trained), toy segmenter"
+        precision = "bf16" if native_bf16(device) else "float32"
+        description = f"shipped toy SceneGAN (32 px, trained), toy segmenter (in {precision})"
         layers = list(DEMO_LAYERS)
         samples, batch, repeats = settings.toy_samples, settings.toy_batch, settings.repeats
     elif name == "paper_progan":
