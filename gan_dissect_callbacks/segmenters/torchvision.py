@@ -120,7 +120,6 @@ class SegmentationLogits(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         scales: Sequence[float] = (1.0,),
         output_size: int | tuple[int, int] | None = None,
-        precision: SegmenterPrecision = "32-true",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):

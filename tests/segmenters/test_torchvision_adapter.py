@@ -348,3 +348,16 @@ def test_real_torchvision_builds_offline(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert segmenter.vocabulary.names == VOC_CATEGORIES[1:]
     assert checked_segment(segmenter, random_images(size=32), soft=True).shape == (2, 20, 32, 32)
     assert not (tmp_path / "hub" / "checkpoints").exists()  # nothing was downloaded
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_the_model_runs_at_the_segmenters_precision(precision) -> None:
+    dtypes: list[torch.dtype] = []
+    model = FakeVOC().eval()
+    model.conv.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    images = random_images()
+    full = TorchvisionSegmenter(model).logits(images)
+    reduced = TorchvisionSegmenter(model, precision=precision).logits(images)
+    assert dtypes == [torch.float32, torch.bfloat16 if precision == "bf16-mixed" else torch.float16]
+    assert reduced.dtype == torch.float32
+    assert torch.allclose(reduced, full, atol=0.05 * float(full.abs().max()))

@@ -451,3 +451,13 @@ def test_without_transformers_loading_names_the_extra(monkeypatch: pytest.Monkey
         TransformersSegmenter.from_pretrained("openmmlab/upernet-convnext-small")
     # An adapter around a model you built needs nothing more.
     checked_segment(TransformersSegmenter(DuckModel({0: "sky", 1: "grass"})), random_images())
+
+
+def test_the_model_runs_at_the_segmenters_precision() -> None:
+    model = tiny_segformer()
+    full = TransformersSegmenter(model)
+    half = TransformersSegmenter(model, precision="bf16-mixed")
+    assert (full.precision, half.precision) == ("32-true", "bf16-mixed")
+    images = random_images()
+    expected = full.logits(images)
+    assert torch.allclose(half.logits(images), expected, atol=0.05 * float(expected.abs().max()))
