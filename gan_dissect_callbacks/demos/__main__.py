@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gan_dissect_callbacks.arguments import SEGMENTER_PRECISIONS, SegmenterPrecision
+
 
 def _train(args: argparse.Namespace) -> None:
     from gan_dissect_callbacks.demos.train import train_scene_gan
@@ -69,10 +71,10 @@ def _train_segmenter(args: argparse.Namespace) -> None:
     _print_iou(evaluate_segmenter(_segment_with(args.out)))
 
 
-def _segment_with(path: str | None, precision: str = "32-true"):  # type: ignore[no-untyped-def]
+def _segment_with(path: str | None, precision: SegmenterPrecision = "32-true"):  # type: ignore[no-untyped-def]
     from gan_dissect_callbacks.demos.segmenter import load_toy_segmenter
 
-    return load_toy_segmenter(path, precision).segment  # type: ignore[arg-type]
+    return load_toy_segmenter(path, precision).segment
 
 
 def _print_iou(result: dict[str, float]) -> None:
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ev.add_argument(
         "--precision",
         default="32-true",
-        choices=["32-true", "bf16-mixed", "16-mixed", "auto"],
+        choices=SEGMENTER_PRECISIONS,
         help="what the net computes in (default 32-true)",
     )
     ev.set_defaults(func=_evaluate_segmenter)
