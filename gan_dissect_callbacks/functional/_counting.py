@@ -162,6 +162,8 @@ def _iqr_kernel(
 
 _compiled: dict[str, Callable[..., None]] = {}
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None
+#: Shares of a kernel's units per thread (see `_run`).
+_SHARES_PER_THREAD = 4
 _lock = threading.Lock()
 
 
@@ -185,7 +187,12 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 
 
 def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
-    """Run ``kernel(*args, first, last)`` over units ``[0, units)``, split over torch's threads."""
+    """Run ``kernel(*args, first, last)`` over units ``[0, units)``, split over torch's threads.
+
+    Units go out in a few shares per thread, each to the next thread that is free, so a thread
+    that runs slower (on a core that something else is using) takes fewer of them instead of
+    holding the others up. Shares cover disjoint units: they write disjoint counts.
+    """
     available_threads = torch.get_num_threads()
     threads = min(available_threads, units)
     if threads <= 1:
@@ -194,12 +201,22 @@ def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
     # Sized by torch's threads, not by this call's share count: a narrow block (fewer units than
     # threads) must not tear down and rebuild the pool between calls.
     pool = _executor(available_threads - 1)
-    bounds = [units * part // threads for part in range(threads + 1)]
-    jobs = [
-        pool.submit(kernel, *args, bounds[part], bounds[part + 1]) for part in range(1, threads)
-    ]
+    shares = min(units, threads * _SHARES_PER_THREAD)
+    bounds = [units * part // shares for part in range(shares + 1)]
+    parts = iter(range(shares))
+    taking = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with taking:
+                part = next(parts, None)
+            if part is None:
+                return
+            kernel(*args, bounds[part], bounds[part + 1])
+
+    jobs = [pool.submit(work) for _ in range(1, threads)]
     try:
-        kernel(*args, bounds[0], bounds[1])  # this thread takes the first share
+        work()  # this thread takes shares too
     finally:  # the other shares write into the same arrays: always wait for them
         for job in jobs:
             job.result()

@@ -70,7 +70,7 @@ from gan_dissect_callbacks.functional.threshold import (
     quantile_rule,
     snap_levels,
 )
-from gan_dissect_callbacks.functional.upsample import UNIT_BLOCK, upsample_unit_block
+from gan_dissect_callbacks.functional.upsample import UNIT_BLOCK, upsample_at, upsample_unit_block
 
 __all__ = [
     "Counting",
@@ -511,6 +511,10 @@ def _unit_concept_update(
     compiled = device.type == "cpu" and _counting.available()
     if by_combination:
         pixel_term = inverse.to(torch.int32)
+        # Combinations → concepts, plus a column of ones (all pixels). Sums of at most `pixels`
+        # ones: exact in float32 below 2**24 pixels, else float64.
+        exact = torch.float32 if pixels.shape[0] < 2**24 else torch.float64
+        expand = torch.cat([combinations, torch.ones_like(combinations[:, :1])], dim=1).to(exact)
     elif concepts:
         pair_pixel, pair_concept = pixels.nonzero(as_tuple=True)
         if compiled:  # each pixel's concepts as a run of `pair_concept`, from `starts[p]`
@@ -574,13 +578,12 @@ def _unit_concept_update(
             joint_counts, alone_counts = joint.counts(), alone.counts()
         unit_bins = out.unit_bins[start:stop].view(-1)
         if by_combination:
-            per_combination = joint_counts.view(groups, span)
-            unit_bins += per_combination.sum(dim=0)
-            # Sums of at most `pixels` ones: exact in float32 below 2**24 pixels, else use float64.
-            exact = torch.float32 if pixels.shape[0] < 2**24 else torch.float64
-            expanded = per_combination.T.to(exact) @ combinations.to(exact)
-            out.joint_bins[start:stop] += (
-                expanded.round().long().view(stop - start, num_levels + 1, concepts)
+            # One product gives the joint counts and, from the column of ones, the unit's own.
+            expanded = joint_counts.view(groups, span).T.to(expand.dtype) @ expand
+            expanded = expanded.round().long()
+            unit_bins += expanded[:, concepts]
+            out.joint_bins[start:stop] += expanded[:, :concepts].reshape(
+                stop - start, num_levels + 1, concepts
             )
         elif concepts:
             unit_bins += alone_counts
@@ -611,7 +614,8 @@ def unit_concept_levels(
     values that are thresholded). Then, per unit:
 
     1. the log-spaced candidates are quantiles ``1 - f`` of ``max_values`` evenly spaced pixels
-       (:func:`~gan_dissect_callbacks.functional.threshold.candidate_fractions`);
+       (:func:`~gan_dissect_callbacks.functional.threshold.candidate_fractions`), interpolated
+       at those pixels alone;
     2. the dense candidates are chosen among 2048 levels spread evenly (in value) over the
        band around ``quantile``: *all* pixels are counted above each of them exactly (one
        histogram over each unit's grid cells, mapped to the candidates afterwards, so no
@@ -665,18 +669,14 @@ def unit_concept_levels(
     count = min(total, max_values)
     device = activations.device
     picks = torch.linspace(0, total - 1, count, device=device).round().long()
-    per_sample = out_size[0] * out_size[1]
-    chunk = max(1, _CHUNK_VALUES // (per_sample * UNIT_BLOCK))
-    values = torch.empty((units, count), dtype=torch.float32, device=device)
     source = activations.detach().float()
-    for first in range(0, batch, chunk):  # upsample a chunk of samples at a time: bounded memory
-        bounds = torch.tensor([first, first + chunk], device=device) * per_sample
-        lo, hi = torch.searchsorted(picks, bounds).tolist()
-        for block in range(-(-units // UNIT_BLOCK)):
-            start = block * UNIT_BLOCK
-            upsampled = upsample_unit_block(source[first : first + chunk], out_size, block)
-            flat = upsampled.permute(0, 2, 3, 1).reshape(-1, upsampled.shape[1])
-            values[start : start + UNIT_BLOCK, lo:hi] = flat[picks[lo:hi] - first * per_sample].T
+    # Only the picked pixels are interpolated (the same interpolation as the full upsampling,
+    # up to the last bit): a fraction of the cost of upsampling the whole calibration batch.
+    values = torch.empty((units, count), dtype=torch.float32, device=device)
+    step = max(1, _CHUNK_VALUES // max(1, units))  # bounded memory
+    for start in range(0, count, step):
+        part = picks[start : start + step]
+        values[:, start : start + part.numel()] = upsample_at(source, out_size, part)
     widest = torch.zeros(0, dtype=torch.float64)
     if num_dense_levels:
         widest = torch.stack([targets.max() * _FINE_MARGIN, targets.min() / _FINE_MARGIN]).clamp(

@@ -95,6 +95,35 @@ def test_splitting_units_over_threads_changes_no_count(monkeypatch, threads):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize(("threads", "units"), [(2, 32), (2, 3), (3, 7), (2, 1)])
+def test_shares_cover_every_unit_once_and_a_slow_thread_takes_fewer(threads, units):
+    """Units go to whichever thread is free: each exactly once, however the threads run."""
+    import threading
+    import time
+
+    taken: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+    main = threading.current_thread().name
+
+    def kernel(first: int, last: int) -> None:
+        if threading.current_thread().name != main:
+            time.sleep(0.02)  # a worker on a busy core
+        with lock:
+            taken.append((first, last, threading.current_thread().name))
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _counting._run(kernel, units)
+    finally:
+        torch.set_num_threads(previous)
+    covered = sorted(u for first, last, _ in taken for u in range(first, last))
+    assert covered == list(range(units))
+    if units >= 4 * threads:  # several shares each: the fast thread took more of them
+        mine = sum(last - first for first, last, name in taken if name == main)
+        assert mine > units / threads
+
+
 def test_a_forked_process_gets_a_pool_of_its_own(monkeypatch):
     pool = _counting._executor(2)
     assert _counting._executor(2) is pool

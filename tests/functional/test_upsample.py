@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from gan_dissect_callbacks.functional.upsample import (
     UNIT_BLOCK,
+    interpolation_weights,
     upsample_activations,
+    upsample_at,
     upsample_unit_block,
 )
 
@@ -82,6 +84,37 @@ def test_bitwise_independent_of_batching_blocks_and_power_of_two_scaling(
         part = full[:, block * UNIT_BLOCK : (block + 1) * UNIT_BLOCK]
         assert torch.equal(upsample_unit_block(x, size, block), part)
     assert torch.equal(upsample_activations(x * 2.0**power, size), full * 2.0**power)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 3),
+    units=st.integers(1, 40),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    size=st.tuples(st.integers(1, 24), st.integers(1, 24)),
+)
+def test_upsample_at_gives_the_upsampled_values_at_those_pixels(seed, batch, units, h, w, size):
+    """Equal up to the last bit (F.interpolate adds the same four terms in another order)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, units, h, w, generator=g) * 10
+    full = upsample_activations(x, size).permute(1, 0, 2, 3).reshape(units, -1)
+    pixels = torch.randint(0, full.shape[1], (50,), generator=g)
+    torch.testing.assert_close(upsample_at(x, size, pixels), full[:, pixels], rtol=1e-6, atol=1e-5)
+    # Dyadic weights (integer scale factors) and the edges leave nothing to round.
+    small = torch.randint(-8, 8, (batch, units, h, w), generator=g).float()
+    exact = upsample_activations(small, (4 * h, 2 * w)).permute(1, 0, 2, 3).reshape(units, -1)
+    every = torch.arange(exact.shape[1])
+    assert torch.equal(upsample_at(small, (4 * h, 2 * w), every), exact)
+
+
+def test_interpolation_weights_replicate_the_edges_and_sum_to_one():
+    first, second, w_first, w_second = interpolation_weights(3, 12, torch.float64)
+    assert first.min() == 0 and second.max() == 2
+    assert torch.equal(w_first + w_second, torch.ones(12, dtype=torch.float64))
+    edge = (first == second) | (w_second == 0)
+    assert edge[0] and edge[-1]  # outside the first and last centres: one pixel, weight 1
 
 
 ONE = torch.zeros(1, 1, 2, 2)
