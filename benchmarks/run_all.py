@@ -1170,8 +1170,12 @@ NOTES = [
     "combinations switch to counting (pixel, concept) pairs.",
     "With the optional numba (the `fast` extra) the CPU counts come from compiled kernels "
     "(functional/_counting.py): one pass per upsampled value does the grid cell, the table "
-    "lookup and the count, with the units of a block split over threads; the IQR search over "
-    "levels is compiled too. The counts and IQRs are identical to the PyTorch path's.",
+    "lookup and the count, with the units of a block handed out in shares to whichever thread "
+    "is free (a slower vCPU takes fewer); the IQR search over levels is compiled too. The "
+    "counts and IQRs are identical to the PyTorch path's.",
+    "Level calibration interpolates only the 16,384 pixels per unit its log-spaced candidates "
+    "are read from (functional.upsample.upsample_at), and upsamples the calibration batch once, "
+    "for its exact cell histogram.",
     "Work is chunked to ~2^20 values per tensor operation (cache-sized, bounded memory), with "
     "no per-unit or per-concept Python loop; counts are integers (int32 per block of a "
     "batch, int64 states; never bf16).",
