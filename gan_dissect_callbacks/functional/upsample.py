@@ -78,8 +78,9 @@ def interpolation_weights(
 
     Output index ``i`` samples the input at ``s = max((i + 0.5)·size_in/size_out - 0.5, 0)``,
     between ``first = min(floor(s), size_in - 1)`` and ``second = first + 1`` with weights
-    ``1 - (s - first)`` and ``s - first``. Past the last input centre ``second`` is ``first``
-    and the weights are 1 and 0, so the edge is replicated exactly.
+    ``1 - (s - first)`` and ``s - first``. Before the first input centre ``s`` is 0, and past
+    the last one ``second`` is ``first``: the weights are 1 and 0 there, so the edges are
+    replicated exactly.
 
     Returns:
         ``(first, second, weight_first, weight_second)``, each ``[size_out]``: int64 indices and
