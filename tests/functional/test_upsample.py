@@ -101,7 +101,10 @@ def test_upsample_at_gives_the_upsampled_values_at_those_pixels(seed, batch, uni
     x = torch.randn(batch, units, h, w, generator=g) * 10
     full = upsample_activations(x, size).permute(1, 0, 2, 3).reshape(units, -1)
     pixels = torch.randint(0, full.shape[1], (50,), generator=g)
-    torch.testing.assert_close(upsample_at(x, size, pixels), full[:, pixels], rtol=1e-6, atol=1e-5)
+    # F.interpolate rounds the sample position to float32 (an error that grows with the input
+    # size) and each term: a few ulps of the largest input per input pixel, no more.
+    bound = 2 * torch.finfo(torch.float32).eps * float(x.abs().max()) * (max(h, w) + 4)
+    torch.testing.assert_close(upsample_at(x, size, pixels), full[:, pixels], rtol=0, atol=bound)
     # Dyadic weights (integer scale factors) and the edges leave nothing to round.
     small = torch.randint(-8, 8, (batch, units, h, w), generator=g).float()
     exact = upsample_activations(small, (4 * h, 2 * w)).permute(1, 0, 2, 3).reshape(units, -1)
