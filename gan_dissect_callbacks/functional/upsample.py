@@ -196,17 +196,21 @@ def upsample_at(activations: Tensor, size: Sequence[int], pixels: Tensor) -> Ten
     """
     _check_activations(activations)
     height, width = check_size(size, "size")
-    _, _, h, w = activations.shape
+    h, w = activations.shape[2:]
     dtype, device = activations.dtype, activations.device
     y0, y1, wy0, wy1 = interpolation_weights(h, height, dtype, device)
     x0, x1, wx0, wx1 = interpolation_weights(w, width, dtype, device)
     pixels = pixels.to(activations.device)
     sample, rest = pixels // (height * width), pixels % (height * width)
     y, x = rest // width, rest % width
-    a = activations.permute(1, 0, 2, 3)  # [U, B, h, w]
+    # Corners by flat index along one contiguous axis: several times faster than indexing the
+    # [U, B, h, w] view with three index tensors.
+    flat = activations.transpose(0, 1).reshape(activations.shape[1], -1)  # [U, B·h·w]
+    first = sample * (h * w)
+    left, right, w_left, w_right = x0[x], x1[x], wx0[x], wx1[x]
 
     def row(source_row: Tensor) -> Tensor:
-        left, right = a[:, sample, source_row, x0[x]], a[:, sample, source_row, x1[x]]
-        return left * wx0[x] + right * wx1[x]
+        at = first + source_row * w
+        return flat.index_select(1, at + left) * w_left + flat.index_select(1, at + right) * w_right
 
     return row(y0[y]) * wy0[y] + row(y1[y]) * wy1[y]
