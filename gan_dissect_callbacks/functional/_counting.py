@@ -64,11 +64,20 @@ def available() -> bool:
 # rows stay in cache, and finds a value's grid cell as ``int(ceil(min(max(v, low), high)))``:
 # clamping before the ceil equals the PyTorch path's ceil-then-clamp, as `low` and `high` are
 # whole numbers, and keeps the int conversion in range. Indices are unsigned, which spares
-# numba's negative-index checks. On calibration's fine grid neighbouring pixels often share a
-# cell, and incrementing one counter again and again waits on its own previous store each
-# time (~4x slower), so the cells kernel adds runs of equal cells once; with the coarser bins
-# of the other two, the branch costs more than it saves.
+# numba's negative-index checks.
+#
+# The cells and combinations kernels walk `_INTERLEAVE` units side by side: their values lie
+# next to each other in a pixel's row of `values` (one cache line where one unit alone reads a
+# line per value), and neighbouring pixels, which often fall in the same bin, no longer
+# increment one counter back to back, each increment waiting on the store before it: four
+# increments that never hit the same counter keep the core busy. Measured on one thread of an
+# AVX2 CPU (ns per value), the combinations kernel went 2.8 → 1.9 with 16-bit lookup tables
+# (`kernel_table`, so that four units' tables fit the cache beside their counts; 2.5 with
+# int32 tables), and the cells kernel on calibration's fine grid 2.2 → 1.6, faster than adding
+# runs of equal cells once (which it did before, and still does for a block's last units).
+# Eight units side by side were slower again.
 _TILE = 2048
+_INTERLEAVE = 4
 
 
 def _combinations_kernel(
@@ -78,14 +87,35 @@ def _combinations_kernel(
     pixels, units = values.shape
     flat = values.ravel()
     width = np.uint64(span)
+
+    def cell(v: float, lo: float, hi: float, shift: float) -> Any:
+        return np.uint64(np.int64(np.ceil(min(max(v, lo), hi))) + shift)
+
     for tile in range(0, pixels, _TILE):
         end = min(pixels, tile + _TILE)
-        for u in range(first, last):
-            lo, hi, shift = low[u], high[u], offset[u]
+        u = first
+        while u + 4 <= last:  # `_INTERLEAVE` units at a time, written out
+            lo0, hi0, s0 = low[u], high[u], offset[u]
+            lo1, hi1, s1 = low[u + 1], high[u + 1], offset[u + 1]
+            lo2, hi2, s2 = low[u + 2], high[u + 2], offset[u + 2]
+            lo3, hi3, s3 = low[u + 3], high[u + 3], offset[u + 3]
             for p in range(tile, end):
-                v = flat[np.uint64(p * units + u)]
-                cell = np.uint64(np.int64(np.ceil(min(max(v, lo), hi))) + shift)
-                counts[np.uint64(combo[p]) * width + np.uint64(table[cell])] += 1
+                row = np.uint64(combo[p]) * width
+                at = np.uint64(p * units + u)
+                c0 = cell(flat[at], lo0, hi0, s0)
+                c1 = cell(flat[at + np.uint64(1)], lo1, hi1, s1)
+                c2 = cell(flat[at + np.uint64(2)], lo2, hi2, s2)
+                c3 = cell(flat[at + np.uint64(3)], lo3, hi3, s3)
+                counts[row + np.uint64(table[c0])] += 1
+                counts[row + np.uint64(table[c1])] += 1
+                counts[row + np.uint64(table[c2])] += 1
+                counts[row + np.uint64(table[c3])] += 1
+            u += 4
+        for rest in range(u, last):
+            lo, hi, shift = low[rest], high[rest], offset[rest]
+            for p in range(tile, end):
+                c = cell(flat[np.uint64(p * units + rest)], lo, hi, shift)
+                counts[np.uint64(combo[p]) * width + np.uint64(table[c])] += 1
 
 
 def _pairs_kernel(
@@ -113,20 +143,35 @@ def _cells_kernel(
 ) -> None:
     pixels, units = values.shape
     flat = values.ravel()
+
+    def cell(v: float, lo: float, hi: float, shift: float) -> Any:
+        return np.uint64(np.int64(np.ceil(min(max(v, lo), hi))) + shift)
+
     for tile in range(0, pixels, _TILE):
         end = min(pixels, tile + _TILE)
-        for u in range(first, last):
-            lo, hi, shift = low[u], high[u], offset[u]
+        u = first
+        while u + 4 <= last:  # `_INTERLEAVE` units at a time, written out
+            lo0, hi0, s0 = low[u], high[u], offset[u]
+            lo1, hi1, s1 = low[u + 1], high[u + 1], offset[u + 1]
+            lo2, hi2, s2 = low[u + 2], high[u + 2], offset[u + 2]
+            lo3, hi3, s3 = low[u + 3], high[u + 3], offset[u + 3]
+            for p in range(tile, end):
+                at = np.uint64(p * units + u)
+                counts[cell(flat[at], lo0, hi0, s0)] += 1
+                counts[cell(flat[at + np.uint64(1)], lo1, hi1, s1)] += 1
+                counts[cell(flat[at + np.uint64(2)], lo2, hi2, s2)] += 1
+                counts[cell(flat[at + np.uint64(3)], lo3, hi3, s3)] += 1
+            u += 4
+        for rest in range(u, last):
+            lo, hi, shift = low[rest], high[rest], offset[rest]
             previous, run = np.uint64(0), 0
             for p in range(tile, end):
-                cell = np.uint64(
-                    np.int64(np.ceil(min(max(flat[np.uint64(p * units + u)], lo), hi))) + shift
-                )
-                if cell == previous:
+                c = cell(flat[np.uint64(p * units + rest)], lo, hi, shift)
+                if c == previous:
                     run += 1
                 else:
                     counts[previous] += run
-                    previous, run = cell, 1
+                    previous, run = c, 1
             counts[previous] += run
 
 
@@ -201,8 +246,11 @@ def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
     # Sized by torch's threads, not by this call's share count: a narrow block (fewer units than
     # threads) must not tear down and rebuild the pool between calls.
     pool = _executor(available_threads - 1)
-    shares = min(units, threads * _SHARES_PER_THREAD)
-    bounds = [units * part // shares for part in range(shares + 1)]
+    # Shares are whole runs of `_INTERLEAVE` units where there are enough of them.
+    runs = -(-units // _INTERLEAVE) if units >= threads * _INTERLEAVE else units
+    step = _INTERLEAVE if runs < units else 1
+    shares = min(runs, threads * _SHARES_PER_THREAD)
+    bounds = [min(units, step * (runs * part // shares)) for part in range(shares + 1)]
     parts = iter(range(shares))
     taking = threading.Lock()
 
@@ -241,7 +289,7 @@ def count_combinations(
     Args:
         values: ``[P, u]`` float32, grid-scaled upsampled values of ``u`` units (C-contiguous).
         low, high, offset: ``[u]`` float32 grid bounds and table offsets of the units.
-        table: int32 lookup table from (unit, grid cell) to (unit, bin).
+        table: int32 or uint16 lookup table from (unit, grid cell) to (unit, bin).
         combination: ``[P]`` int32 label-combination id of each pixel.
         span: bins per combination.
         counts: int32 or int64 counts, added to in place.

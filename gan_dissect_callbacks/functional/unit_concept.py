@@ -48,12 +48,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -93,8 +93,6 @@ _CHUNK_VALUES = 2**20
 _BINCOUNT_VALUES = 2**21
 # Largest grid (cells per unit) accepted from explicit levels.
 _MAX_GRID_WIDTH = 2**17
-_BITS_PER_WORD = 62
-_CODE_ROWS = 2**16
 # Dense candidates are picked among this many levels spread over a band this much wider than
 # the dense targets (see unit_concept_levels).
 _FINE_LEVELS = 2048
@@ -212,6 +210,13 @@ class _LevelBins:
     width: int
     num_levels: int
 
+    @functools.cached_property
+    def kernel_table(self) -> Tensor:
+        """``table`` in 16 bits where its entries fit (their tables then share the cache)."""
+        if UNIT_BLOCK * (self.num_levels + 1) <= 2**16:
+            return self.table.to(torch.uint16)
+        return self.table
+
 
 def _grid_steps(levels: Tensor) -> Tensor:
     """Per unit, the largest power of two dividing every level (1 if all levels are 0)."""
@@ -260,9 +265,13 @@ def _level_bins(levels: Tensor) -> _LevelBins:
     )
 
 
-def _label_combinations(pixels: Tensor) -> tuple[Tensor, Tensor]:
-    """Distinct rows of a ``[N, C]`` bool matrix: ``(inverse [N] int64, combinations [K, C])``."""
-    codes = _code_words(pixels)
+def _label_combinations(masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Each pixel's set of concepts as an id: ``(inverse [N] int64, combinations [K, C] bool)``.
+
+    Pixels of ``[B, C, H, W]`` masks are numbered ``b·H·W + y·W + x``; ``combinations[inverse]``
+    equals the masks as a ``[N, C]`` matrix (that matrix is never built).
+    """
+    codes = _code_words(masks)
     # Many concepts: one int64 hash per pixel instead of a far slower row-wise unique.
     key = codes[:, 0] if codes.shape[1] == 1 else _hash_rows(codes)
     inverse = torch.unique(key, return_inverse=True)[1]
@@ -270,30 +279,25 @@ def _label_combinations(pixels: Tensor) -> tuple[Tensor, Tensor]:
     if codes.shape[1] > 1 and not bool((codes[first][inverse] == codes).all()):  # a collision
         inverse = torch.unique(codes, dim=0, return_inverse=True)[1]
         first = _first_rows(inverse)
-    return inverse, pixels[first]
+    height, width = masks.shape[2:]
+    sample, rest = first // (height * width), first % (height * width)
+    return inverse, masks[sample, :, rest // width, rest % width]
 
 
-def _code_words(pixels: Tensor) -> Tensor:
-    """``[N, words]`` int64 words whose bits are the rows of a ``[N, C]`` bool matrix."""
-    num_concepts = pixels.shape[1]
-    if pixels.device.type == "cpu":  # NumPy packs 8 bits a byte in one pass
-        packed = np.packbits(pixels.numpy(), axis=1)
-        words = max(1, -(-packed.shape[1] // 8))
-        padded = np.zeros((pixels.shape[0], words * 8), dtype=np.uint8)
-        padded[:, : packed.shape[1]] = packed
-        return torch.from_numpy(padded.view(np.int64))
-    words = max(1, -(-num_concepts // _BITS_PER_WORD))
-    shifts = torch.arange(_BITS_PER_WORD, device=pixels.device)
-    codes = torch.zeros((pixels.shape[0], words), dtype=torch.int64, device=pixels.device)
-    for word in range(words):  # one word per 62 concepts, usually a single pass
-        for row in range(0, pixels.shape[0], _CODE_ROWS):  # bounds the int64 temporaries
-            bits = pixels[
-                row : row + _CODE_ROWS, word * _BITS_PER_WORD : (word + 1) * _BITS_PER_WORD
-            ]
-            codes[row : row + _CODE_ROWS, word] = (bits.long() << shifts[: bits.shape[1]]).sum(
-                dim=1
-            )
-    return codes
+def _code_words(masks: Tensor) -> Tensor:
+    """``[N, words]`` int64 words whose bits are each pixel's concepts (``[B, C, H, W]`` masks).
+
+    Built a byte (8 concepts) at a time in the words' own ``[B, H, W, bytes]`` layout: one pass
+    per 8 concepts, and no ``[N, C]`` copy of the masks.
+    """
+    batch, concepts, height, width = masks.shape
+    words = max(1, -(-concepts // 64))
+    codes = torch.zeros((batch, height, width, 8 * words), dtype=torch.uint8, device=masks.device)
+    bits = (1 << torch.arange(8, device=masks.device)).to(torch.uint8)[:, None, None]
+    for byte in range(-(-concepts // 8)):
+        part = masks[:, 8 * byte : 8 * (byte + 1)]
+        codes[..., byte] = (part.to(torch.uint8) * bits[: part.shape[1]]).sum(1, dtype=torch.uint8)
+    return codes.view(torch.int64).view(-1, words)
 
 
 # The splitmix64 finaliser (a bijection of 64-bit words), as signed int64 constants.
@@ -487,14 +491,14 @@ def _unit_concept_update(
         raise ValueError(
             "Expected `activations` within float32 range of the levels' grid, but some overflow."
         )
-    pixels = masks.permute(0, 2, 3, 1).reshape(batch * height * width, concepts)
+    num_pixels = batch * height * width
     chunk = max(1, _CHUNK_VALUES // (height * width * UNIT_BLOCK))
     chunks = -(-batch // chunk)
     if concepts == 0:
         by_combination = False
         concept_pixels = torch.zeros(0, dtype=torch.int64, device=device)
     else:
-        inverse, combinations = _label_combinations(pixels)
+        inverse, combinations = _label_combinations(masks)
         # Pixels per concept from pixels per combination: exact, and far cheaper than a column
         # sum of the [N, C] bool matrix.
         combination_pixels = torch.bincount(inverse, minlength=combinations.shape[0])
@@ -503,7 +507,7 @@ def _unit_concept_update(
             counting,
             combinations.shape[0],
             num_levels,
-            pixels.shape[0],
+            num_pixels,
             concepts,
             int(concept_pixels.sum()),
             chunks,
@@ -511,14 +515,15 @@ def _unit_concept_update(
     compiled = device.type == "cpu" and _counting.available()
     if by_combination:
         pixel_term = inverse.to(torch.int32)
-        # Combinations → concepts, plus a column of ones (all pixels). Sums of at most `pixels`
-        # ones: exact in float32 below 2**24 pixels, else float64.
-        exact = torch.float32 if pixels.shape[0] < 2**24 else torch.float64
+        # Combinations → concepts, plus a column of ones (all pixels). Sums of at most
+        # `num_pixels` ones: exact in float32 below 2**24 pixels, else float64.
+        exact = torch.float32 if num_pixels < 2**24 else torch.float64
         expand = torch.cat([combinations, torch.ones_like(combinations[:, :1])], dim=1).to(exact)
     elif concepts:
+        pixels = masks.permute(0, 2, 3, 1).reshape(num_pixels, concepts)
         pair_pixel, pair_concept = pixels.nonzero(as_tuple=True)
         if compiled:  # each pixel's concepts as a run of `pair_concept`, from `starts[p]`
-            starts = torch.zeros(pixels.shape[0] + 1, dtype=torch.int64)
+            starts = torch.zeros(num_pixels + 1, dtype=torch.int64)
             torch.cumsum(combinations.sum(dim=1)[inverse], dim=0, out=starts[1:])
             pair_concept = pair_concept.to(torch.int32)
     per_sample = height * width
@@ -527,12 +532,14 @@ def _unit_concept_update(
         stop = min(units, start + UNIT_BLOCK)
         span = (stop - start) * (num_levels + 1)
         table = bins.table[start:stop].reshape(-1)
+        if compiled and concepts:
+            table = bins.kernel_table[start:stop].reshape(-1)
         low, high, offset = bins.low[start:stop], bins.high[start:stop], bins.offset[start:stop]
         groups = combinations.shape[0] if by_combination else concepts
         if compiled:
             # A bin counts at most every pixel of the batch: int32 suffices below 2**31 pixels
             # and makes the kernels' increments ~1.4x faster (half the cache lines).
-            count_dtype = torch.int32 if pixels.shape[0] < 2**31 else torch.int64
+            count_dtype = torch.int32 if num_pixels < 2**31 else torch.int64
             joint_counts = torch.zeros(groups * span, dtype=count_dtype)
             alone_counts = torch.zeros(span if concepts else table.numel(), dtype=count_dtype)
         else:
@@ -579,11 +586,12 @@ def _unit_concept_update(
         unit_bins = out.unit_bins[start:stop].view(-1)
         if by_combination:
             # One product gives the joint counts and, from the column of ones, the unit's own.
+            # Its sums are whole numbers held exactly (see `expand`): converted as they are, in
+            # one copy of the [span, C] slice (no rounding pass, no second copy to reshape).
             expanded = joint_counts.view(groups, span).T.to(expand.dtype) @ expand
-            expanded = expanded.round().long()
-            unit_bins += expanded[:, concepts]
-            out.joint_bins[start:stop] += expanded[:, :concepts].reshape(
-                stop - start, num_levels + 1, concepts
+            unit_bins += expanded[:, concepts].long()
+            out.joint_bins[start:stop] += (
+                expanded[:, :concepts].long().reshape(stop - start, num_levels + 1, concepts)
             )
         elif concepts:
             unit_bins += alone_counts
@@ -593,7 +601,7 @@ def _unit_concept_update(
         else:
             unit_bins.index_add_(0, table, alone_counts.long())
     out.concept_pixels.add_(concept_pixels)
-    out.num_pixels.add_(pixels.shape[0])
+    out.num_pixels.add_(num_pixels)
     out.num_samples.add_(batch)
     return out
 

@@ -95,7 +95,7 @@ def test_splitting_units_over_threads_changes_no_count(monkeypatch, threads):
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize(("threads", "units"), [(2, 32), (2, 3), (3, 7), (2, 1)])
+@pytest.mark.parametrize(("threads", "units"), [(2, 32), (2, 33), (3, 50), (2, 3), (3, 7), (2, 1)])
 def test_shares_cover_every_unit_once_and_a_slow_thread_takes_fewer(threads, units):
     """Units go to whichever thread is free: each exactly once, however the threads run."""
     import threading
@@ -119,7 +119,10 @@ def test_shares_cover_every_unit_once_and_a_slow_thread_takes_fewer(threads, uni
         torch.set_num_threads(previous)
     covered = sorted(u for first, last, _ in taken for u in range(first, last))
     assert covered == list(range(units))
-    if units >= 4 * threads:  # several shares each: the fast thread took more of them
+    if units >= threads * _counting._INTERLEAVE:  # shares start on whole runs of units
+        assert all(first % _counting._INTERLEAVE == 0 for first, _, _ in taken)
+    if units >= threads * _counting._SHARES_PER_THREAD * _counting._INTERLEAVE:
+        # several shares each: the fast thread took more of them
         mine = sum(last - first for first, last, name in taken if name == main)
         assert mine > units / threads
 
@@ -177,3 +180,24 @@ def test_a_numba_that_fails_to_load_warns_and_leaves_the_pytorch_path(monkeypatc
         monkeypatch.undo()
         _counting._numba.cache_clear()
     assert _counting.available()
+
+
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+@pytest.mark.parametrize("num_levels", [6, 2100])
+def test_lookup_tables_of_16_and_32_bits_count_the_same(monkeypatch, num_levels, counting):
+    """The kernels read 16-bit tables while a block's bins fit them, 32-bit ones beyond."""
+    g = torch.Generator().manual_seed(num_levels)
+    acts = torch.randn(3, 37, 4, 4, generator=g)
+    masks = torch.rand(3, 5, 8, 8, generator=g) > 0.6
+    levels = snap_levels(torch.randn(37, num_levels, generator=g).sort(dim=1).values * 2)
+    bins = unit_concept._level_bins(levels)
+    fits = unit_concept.UNIT_BLOCK * (num_levels + 1) <= 2**16
+    assert bins.kernel_table.dtype == (torch.uint16 if fits else torch.int32)
+    assert torch.equal(bins.kernel_table.long(), bins.table.long())
+    compiled, reference = _both_paths(
+        monkeypatch, lambda: unit_concept._unit_concept_update(acts, masks, bins, counting)
+    )
+    _assert_equal_counts(compiled, reference)
+    brute = brute_force_counts(acts, masks, levels)
+    assert torch.equal(counts_above(compiled.unit_bins, dim=1), brute["unit_above"])
+    assert torch.equal(counts_above(compiled.joint_bins, dim=1), brute["joint_above"])

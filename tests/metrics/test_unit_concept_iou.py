@@ -489,10 +489,10 @@ def test_label_combinations_survive_a_hash_collision(monkeypatch):
 
     masks = _many_concepts(1, 130)[1]
     pixels = masks.permute(0, 2, 3, 1).reshape(-1, 130)
-    inverse, combinations = unit_concept._label_combinations(pixels)
+    inverse, combinations = unit_concept._label_combinations(masks)
     # Every pixel hashing alike forces the row-wise fallback; the combinations stay exact.
     monkeypatch.setattr(unit_concept, "_hash_rows", lambda codes: torch.zeros(len(codes)).long())
-    collided, collided_combinations = unit_concept._label_combinations(pixels)
+    collided, collided_combinations = unit_concept._label_combinations(masks)
     for inv, comb in ((inverse, combinations), (collided, collided_combinations)):
         assert torch.equal(comb[inv], pixels)
         assert len({tuple(row) for row in comb.tolist()}) == comb.shape[0]  # distinct rows
