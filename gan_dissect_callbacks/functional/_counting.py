@@ -187,13 +187,23 @@ def _iqr_kernel(
     h_concept = np.empty(concepts)
     for c in range(concepts):
         h_concept[c] = -(plogp(concept[c]) + plogp(total - concept[c]))
+    # A concept on no pixel (or on all) has H(concept) = 0 and H(mask, concept) = H(mask): its
+    # IQR is 0 at every level, so its answer is the lowest level with 0, without the tables.
+    # Dissections often carry many such concepts (a vocabulary the generator does not draw).
+    informative = np.empty(concepts, dtype=np.int64)
+    count = 0
+    for c in range(concepts):
+        if 0.0 < concept[c] < total:
+            informative[count] = c
+            count += 1
     for u in range(first, last):
         for c in range(concepts):
-            index[u, c], best[u, c] = 0, -1.0
+            index[u, c], best[u, c] = 0, -1.0 if 0.0 < concept[c] < total else 0.0
         for level in range(levels):
             m = float(mask[u, level])
             h_mask = -(plogp(m) + plogp(total - m))
-            for c in range(concepts):
+            for i in range(count):
+                c = informative[i]
                 j, k = float(joint[u, level, c]), float(concept[c])
                 h_joint = -(
                     plogp(j) + plogp(m - j) + plogp(k - j) + plogp(total - m - k + j)

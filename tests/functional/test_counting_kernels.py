@@ -150,6 +150,7 @@ def test_the_compiled_iqr_search_equals_the_pytorch_one(monkeypatch, seed):
     unit_above = torch.randint(0, total, (units, levels), generator=g).sort(1, True).values
     concept = torch.randint(0, total // 2, (concepts,), generator=g)
     concept[0] = 0  # an absent concept: every IQR is 0
+    concept[1] = total  # a concept on every pixel: no information either
     m, c = unit_above[:, :, None], concept[None, None, :]
     joint = (torch.minimum(m, c) * torch.rand(units, levels, concepts, generator=g)).long()
     joint = torch.maximum(joint, m + c - total)
@@ -159,7 +160,7 @@ def test_the_compiled_iqr_search_equals_the_pytorch_one(monkeypatch, seed):
     )
     assert torch.equal(compiled[0], reference[0])
     torch.testing.assert_close(compiled[1], reference[1], rtol=0, atol=1e-15)
-    assert bool((compiled[1][:, 0] == 0).all())
+    assert bool((compiled[1][:, :2] == 0).all()) and bool((compiled[0][:, :2] == 0).all())
 
 
 def test_a_numba_that_fails_to_load_warns_and_leaves_the_pytorch_path(monkeypatch):
