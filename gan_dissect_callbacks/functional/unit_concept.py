@@ -18,7 +18,7 @@ Counting, per batch and without per-unit or per-concept Python loops:
    levels strictly below it — bit-for-bit the decisions ``value > level`` of a brute-force
    comparison, at a fraction of the cost of a binary search;
 3. each pixel's set of present concepts becomes a *label-combination* id (hierarchical
-   multi-label masks have few distinct combinations ``K``; past 62 concepts the pixel's code
+   multi-label masks have few distinct combinations ``K``; past 64 concepts the pixel's code
    words are hashed into one int64, and a collision, checked for, falls back to comparing
    rows); one ``bincount`` over (combination, unit, bin) per block of units and
    ``2**21`` values, then a ``[K, C]`` matrix product expands combinations to concepts. When
@@ -468,6 +468,23 @@ def _cell_indices(
     return out.copy_(cells).view(-1)  # exact: whole numbers below 2**24
 
 
+def _exact_float32_matmul(device: torch.device) -> bool:
+    """Whether a float32 matrix product on ``device`` runs in float32 (whole counts stay exact).
+
+    ``torch.set_float32_matmul_precision("high")`` (which Lightning suggests on GPUs with tensor
+    cores) lets CUDA multiply in TF32, and ``"medium"`` lets oneDNN on the CPU multiply in
+    bfloat16: their 11- and 8-bit significands would round counts above 2048 and 256. The
+    per-backend settings are read, as the global getter raises once both APIs were used.
+    """
+    if device.type == "cuda":
+        precision = torch.backends.cuda.matmul.fp32_precision
+    elif device.type == "cpu":
+        precision = torch.backends.mkldnn.matmul.fp32_precision  # type: ignore[attr-defined]
+    else:
+        return True
+    return precision in ("ieee", "none")
+
+
 def _unit_concept_update(
     activations: Tensor,
     masks: Tensor,
@@ -517,7 +534,8 @@ def _unit_concept_update(
         pixel_term = inverse.to(torch.int32)
         # Combinations → concepts, plus a column of ones (all pixels). Sums of at most
         # `num_pixels` ones: exact in float32 below 2**24 pixels, else float64.
-        exact = torch.float32 if num_pixels < 2**24 else torch.float64
+        float32 = num_pixels < 2**24 and _exact_float32_matmul(device)
+        exact = torch.float32 if float32 else torch.float64
         expand = torch.cat([combinations, torch.ones_like(combinations[:, :1])], dim=1).to(exact)
     elif concepts:
         pixels = masks.permute(0, 2, 3, 1).reshape(num_pixels, concepts)
@@ -586,9 +604,11 @@ def _unit_concept_update(
         unit_bins = out.unit_bins[start:stop].view(-1)
         if by_combination:
             # One product gives the joint counts and, from the column of ones, the unit's own.
-            # Its sums are whole numbers held exactly (see `expand`): converted as they are, in
-            # one copy of the [span, C] slice (no rounding pass, no second copy to reshape).
-            expanded = joint_counts.view(groups, span).T.to(expand.dtype) @ expand
+            # Its sums are whole numbers held exactly (see `expand`; an autocast region would
+            # multiply in half precision): converted as they are, in one copy of the [span, C]
+            # slice (no rounding pass, no second copy to reshape).
+            with torch.autocast(device.type, enabled=False):
+                expanded = joint_counts.view(groups, span).T.to(expand.dtype) @ expand
             unit_bins += expanded[:, concepts].long()
             out.joint_bins[start:stop] += (
                 expanded[:, :concepts].long().reshape(stop - start, num_levels + 1, concepts)
@@ -671,7 +691,7 @@ def unit_concept_levels(
         )
     fractions = candidate_fractions(num_levels, min_fraction)
     targets = dense_fractions(quantile, num_dense_levels)
-    batch, units, height, width = activations.shape
+    batch, _, height, width = activations.shape
     out_size = (height, width) if size is None else (int(size[0]), int(size[1]))
     total = batch * out_size[0] * out_size[1]
     count = min(total, max_values)
@@ -680,11 +700,7 @@ def unit_concept_levels(
     source = activations.detach().float()
     # Only the picked pixels are interpolated (the same interpolation as the full upsampling,
     # up to the last bit): a fraction of the cost of upsampling the whole calibration batch.
-    values = torch.empty((units, count), dtype=torch.float32, device=device)
-    step = max(1, _CHUNK_VALUES // max(1, units))  # bounded memory
-    for start in range(0, count, step):
-        part = picks[start : start + step]
-        values[:, start : start + part.numel()] = upsample_at(source, out_size, part)
+    values = upsample_at(source, out_size, picks)
     widest = torch.zeros(0, dtype=torch.float64)
     if num_dense_levels:
         widest = torch.stack([targets.max() * _FINE_MARGIN, targets.min() / _FINE_MARGIN]).clamp(

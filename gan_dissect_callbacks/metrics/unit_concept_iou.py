@@ -392,10 +392,7 @@ class UnitConceptIoU(Metric):
             self.segmentation_size = (int(masks.shape[2]), int(masks.shape[3]))
         activations = activations.detach().to(self.device, torch.float32)
         masks = masks.to(self.device)
-        # Counting under an autocast region would run its matmuls in half precision, where
-        # counts above 256 are no longer exact: count in float32 whatever the caller's region.
-        with torch.autocast(activations.device.type, enabled=False):
-            self._update_counted(activations, masks)
+        self._update_counted(activations, masks)
 
     def _update_counted(self, activations: Tensor, masks: Tensor) -> None:
         if not isinstance(self.pending_activations, list):  # one tensor after a sync or load

@@ -464,19 +464,48 @@ def test_an_autocast_region_around_the_update_does_not_change_the_counts():
     _assert_same_result(inside, plain)
 
 
+@pytest.fixture
+def reduced_matmul_precision():
+    """``torch.set_float32_matmul_precision("medium")``, as many training scripts set it."""
+    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+    torch.set_float32_matmul_precision("medium")
+    yield
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = saved
+
+
+def test_a_reduced_float32_matmul_precision_does_not_change_the_counts(reduced_matmul_precision):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    # TF32 on CUDA and bfloat16 on oneDNN CPUs would round counts above 2048 and 256 (on a CPU
+    # without native bfloat16 the product stays float32 anyway): counting detects the setting.
+    assert not unit_concept._exact_float32_matmul(torch.device("cpu"))
+    assert not unit_concept._exact_float32_matmul(torch.device("cuda"))
+    acts, masks = random_dissection_data(4, 64, 5, 3, (8, 8), (64, 64), "relu")
+    levels = unit_concept_levels(acts[:32], (64, 64), num_levels=6, num_dense_levels=3)
+    counts = unit_concept_update(acts, masks, levels, counting="combinations")
+    brute = brute_force_counts(acts, masks, levels)
+    assert int(brute["unit_above"].max()) > 2048
+    assert torch.equal(counts_above(counts.unit_bins, dim=1), brute["unit_above"])
+    assert torch.equal(counts_above(counts.joint_bins, dim=1), brute["joint_above"])
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+    assert unit_concept._exact_float32_matmul(torch.device("cpu"))
+
+
 def _many_concepts(seed, concepts):
-    """Masks with more concepts than one 62-bit code word holds, many of them on together."""
+    """Masks of up to several 64-bit code words of concepts, many of them on together."""
     acts, masks = random_dissection_data(seed, 3, 5, concepts, (3, 3), (6, 6), "relu")
     g = torch.Generator().manual_seed(seed)
     masks |= torch.rand(masks.shape, generator=g) < 0.3
-    masks[:, 64] = masks[:, 0]  # a concept of the second word tied to one of the first
+    if concepts > 64:
+        masks[:, 64] = masks[:, 0]  # a concept of the second word tied to one of the first
+    masks[:, concepts - 1] |= masks[:, 1]  # the top bit of the last word, often set
     return acts, masks
 
 
-@pytest.mark.parametrize("concepts", [63, 130])
+@pytest.mark.parametrize("concepts", [63, 64, 65, 130])
 @pytest.mark.parametrize("counting", ["combinations", "pairs"])
 def test_many_concepts_are_counted_exactly(concepts, counting):
-    acts, masks = _many_concepts(concepts, max(concepts, 65))
+    acts, masks = _many_concepts(concepts, concepts)
     levels = unit_concept_levels(acts, (6, 6), num_levels=6, num_dense_levels=3)
     counts = unit_concept_update(acts, masks, levels, counting=counting)
     brute = brute_force_counts(acts, masks, levels)
