@@ -54,6 +54,9 @@ __all__ = [
 #: Units are upsampled in aligned blocks of this many channels (see the module docstring).
 UNIT_BLOCK = 32
 
+# Values per chunk of `upsample_at`'s temporaries.
+_CHUNK_VALUES = 2**20
+
 
 def _check_activations(activations: Tensor) -> None:
     if not isinstance(activations, Tensor):
@@ -178,7 +181,8 @@ def upsample_at(activations: Tensor, size: Sequence[int], pixels: Tensor) -> Ten
     upsampling everything. Each value is ``w0'·(w0·a00 + w1·a01) + w1'·(w0·a10 + w1·a11)``
     with the weights of :func:`interpolation_weights`, rounded to the input's dtype at each step;
     ``F.interpolate`` adds the same terms in another order, so a value may differ from
-    :func:`upsample_activations`'s in its last bit.
+    :func:`upsample_activations`'s in its last bit. Pixels are read in chunks of ~2^20 values:
+    besides the output, memory holds one copy of ``activations`` and a chunk's temporaries.
 
     Args:
         activations: ``[B, U, h, w]`` float tensor.
@@ -205,12 +209,22 @@ def upsample_at(activations: Tensor, size: Sequence[int], pixels: Tensor) -> Ten
     y, x = rest // width, rest % width
     # Corners by flat index along one contiguous axis: several times faster than indexing the
     # [U, B, h, w] view with three index tensors.
-    flat = activations.transpose(0, 1).reshape(activations.shape[1], -1)  # [U, B·h·w]
+    units = activations.shape[1]
+    flat = activations.transpose(0, 1).reshape(units, -1)  # [U, B·h·w]
     first = sample * (h * w)
+    top, bottom, w_top, w_bottom = first + y0[y] * w, first + y1[y] * w, wy0[y], wy1[y]
     left, right, w_left, w_right = x0[x], x1[x], wx0[x], wx1[x]
 
-    def row(source_row: Tensor) -> Tensor:
-        at = first + source_row * w
-        return flat.index_select(1, at + left) * w_left + flat.index_select(1, at + right) * w_right
+    def row(at: Tensor, part: slice) -> Tensor:
+        return (
+            flat.index_select(1, at + left[part]) * w_left[part]
+            + flat.index_select(1, at + right[part]) * w_right[part]
+        )
 
-    return row(y0[y]) * wy0[y] + row(y1[y]) * wy1[y]
+    out = torch.empty((units, pixels.numel()), dtype=dtype, device=device)
+    step = max(1, _CHUNK_VALUES // max(1, units))  # bounded temporaries
+    for start in range(0, pixels.numel(), step):
+        part = slice(start, start + step)
+        upper = row(top[part], part) * w_top[part]
+        torch.add(upper, row(bottom[part], part) * w_bottom[part], out=out[:, part])
+    return out

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gan_dissect_callbacks.functional import upsample
 from gan_dissect_callbacks.functional.upsample import (
     UNIT_BLOCK,
     interpolation_weights,
@@ -110,6 +111,16 @@ def test_upsample_at_gives_the_upsampled_values_at_those_pixels(seed, batch, uni
     exact = upsample_activations(small, (4 * h, 2 * w)).permute(1, 0, 2, 3).reshape(units, -1)
     every = torch.arange(exact.shape[1])
     assert torch.equal(upsample_at(small, (4 * h, 2 * w), every), exact)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_upsample_at_reads_in_chunks_what_it_reads_at_once(monkeypatch, chunk):
+    g = torch.Generator().manual_seed(chunk)
+    x = torch.randn(2, 5, 3, 4, generator=g)
+    pixels = torch.randint(0, 2 * 10 * 9, (101,), generator=g)
+    whole = upsample_at(x, (10, 9), pixels)
+    monkeypatch.setattr(upsample, "_CHUNK_VALUES", chunk)  # chunks of 1, 1 and 12 pixels
+    assert torch.equal(upsample_at(x, (10, 9), pixels), whole)
 
 
 def test_interpolation_weights_replicate_the_edges_and_sum_to_one():
