@@ -1111,8 +1111,8 @@ def _spent(
 def profile_section(settings: Settings, device: torch.device) -> dict[str, Any]:
     """The ten functions and torch ops with the most own time in a dissection pass (cProfile).
 
-    cProfile rather than ``torch.profiler``: with more than 62 concepts ``torch.unique(dim=0)``
-    emits an event per pixel row, and parsing millions of events takes minutes.
+    cProfile rather than ``torch.profiler``: it also times the package's own functions, and the
+    compiled counting kernels, which run outside any torch op.
     """
     out = {}
     for name in ("toy", "paper_synthetic"):

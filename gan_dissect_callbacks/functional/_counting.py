@@ -60,11 +60,11 @@ def available() -> bool:
     return os.environ.get("GAN_DISSECT_NUMBA", "1") != "0" and _numba() is not None
 
 
-# Each kernel walks a tile of pixels once per unit, so that the unit's lookup table and count
-# rows stay in cache, and finds a value's grid cell as ``int(ceil(min(max(v, low), high)))``:
-# clamping before the ceil equals the PyTorch path's ceil-then-clamp, as `low` and `high` are
-# whole numbers, and keeps the int conversion in range. Indices are unsigned, which spares
-# numba's negative-index checks.
+# Each kernel walks a tile of pixels once per unit (or per run of `_INTERLEAVE` units), so that
+# the units' lookup tables and count rows stay in cache, and finds a value's grid cell as
+# ``int(ceil(min(max(v, low), high)))``: clamping before the ceil equals the PyTorch path's
+# ceil-then-clamp, as `low` and `high` are whole numbers, and keeps the int conversion in
+# range. Indices are unsigned, which spares numba's negative-index checks.
 #
 # The cells and combinations kernels walk `_INTERLEAVE` units side by side: their values lie
 # next to each other in a pixel's row of `values` (one cache line where one unit alone reads a
@@ -74,8 +74,9 @@ def available() -> bool:
 # AVX2 CPU (ns per value), the combinations kernel went 2.8 → 1.9 with 16-bit lookup tables
 # (`kernel_table`, so that four units' tables fit the cache beside their counts; 2.5 with
 # int32 tables), and the cells kernel on calibration's fine grid 2.2 → 1.6, faster than adding
-# runs of equal cells once (which it did before, and still does for a block's last units).
-# Eight units side by side were slower again.
+# runs of equal cells once (which it did before, and still does for units outside a run of
+# four: a share's last units, or every unit of a share of one). Eight units side by side were
+# slower again. The kernels write the four out: change them with `_INTERLEAVE`.
 _TILE = 2048
 _INTERLEAVE = 4
 
@@ -256,7 +257,8 @@ def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
     # Sized by torch's threads, not by this call's share count: a narrow block (fewer units than
     # threads) must not tear down and rebuild the pool between calls.
     pool = _executor(available_threads - 1)
-    # Shares are whole runs of `_INTERLEAVE` units where there are enough of them.
+    # Shares are whole runs of `_INTERLEAVE` units where every thread gets one; with more
+    # threads than runs (9 or more threads on a block of 32), single units keep them all busy.
     runs = -(-units // _INTERLEAVE) if units >= threads * _INTERLEAVE else units
     step = _INTERLEAVE if runs < units else 1
     shares = min(runs, threads * _SHARES_PER_THREAD)

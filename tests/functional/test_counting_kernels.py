@@ -184,17 +184,21 @@ def test_a_numba_that_fails_to_load_warns_and_leaves_the_pytorch_path(monkeypatc
 
 
 @pytest.mark.parametrize("counting", ["combinations", "pairs"])
-@pytest.mark.parametrize("num_levels", [6, 2100])
+@pytest.mark.parametrize("num_levels", [6, 2047, 2048, 2100])
 def test_lookup_tables_of_16_and_32_bits_count_the_same(monkeypatch, num_levels, counting):
     """The kernels read 16-bit tables while a block's bins fit them, 32-bit ones beyond."""
     g = torch.Generator().manual_seed(num_levels)
     acts = torch.randn(3, 37, 4, 4, generator=g)
+    # Above every level on a block's last unit: 2047 levels put 65535, the largest 16-bit
+    # entry, in its table (2048 would not fit).
+    acts[:, 31, :2] = 100.0
     masks = torch.rand(3, 5, 8, 8, generator=g) > 0.6
     levels = snap_levels(torch.randn(37, num_levels, generator=g).sort(dim=1).values * 2)
     bins = unit_concept._level_bins(levels)
     fits = unit_concept.UNIT_BLOCK * (num_levels + 1) <= 2**16
     assert bins.kernel_table.dtype == (torch.uint16 if fits else torch.int32)
     assert torch.equal(bins.kernel_table.long(), bins.table.long())
+    assert int(bins.table.max()) == unit_concept.UNIT_BLOCK * (num_levels + 1) - 1
     compiled, reference = _both_paths(
         monkeypatch, lambda: unit_concept._unit_concept_update(acts, masks, bins, counting)
     )
