@@ -1166,16 +1166,18 @@ NOTES = [
     "below it), bit-for-bit the decisions of value > level, instead of a binary search.",
     "Fused counting: each pixel's set of present concepts becomes a label-combination id; one "
     "bincount over (combination, unit, bin) per block of units, then a [K, C] matrix product "
-    "expands combinations to concepts (exact in float32 below 2^24 pixels). Many distinct "
+    "expands combinations to concepts (exact in float32 below 2^24 pixels; in float64 where "
+    "a reduced float32 matmul precision, TF32 or bfloat16, is set). Many distinct "
     "combinations switch to counting (pixel, concept) pairs.",
     "With the optional numba (the `fast` extra) the CPU counts come from compiled kernels "
     "(functional/_counting.py): one pass per upsampled value does the grid cell, the table "
-    "lookup and the count, with the units of a block handed out in shares to whichever thread "
-    "is free (a slower vCPU takes fewer); the IQR search over levels is compiled too. The "
-    "counts and IQRs are identical to the PyTorch path's.",
+    "lookup and the count, four units side by side (16-bit lookup tables where a block's bins "
+    "fit them), with the units of a block handed out in shares to whichever thread is free (a "
+    "slower vCPU takes fewer); the IQR search over levels is compiled too, and skips concepts "
+    "on no pixel or on all. The counts and IQRs are identical to the PyTorch path's.",
     "Level calibration interpolates only the 16,384 pixels per unit its log-spaced candidates "
-    "are read from (functional.upsample.upsample_at), and upsamples the calibration batch once, "
-    "for its exact cell histogram.",
+    "are read from (functional.upsample.upsample_at, by flat index into one copy of the batch), "
+    "and upsamples the calibration batch once, for its exact cell histogram.",
     "Work is chunked to ~2^20 values per tensor operation (cache-sized, bounded memory), with "
     "no per-unit or per-concept Python loop; counts are integers (int32 per block of a "
     "batch, int64 states; never bf16).",
