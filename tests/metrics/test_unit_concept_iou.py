@@ -467,10 +467,10 @@ def test_an_autocast_region_around_the_update_does_not_change_the_counts():
 @pytest.fixture
 def reduced_matmul_precision():
     """``torch.set_float32_matmul_precision("medium")``, as many training scripts set it."""
-    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+    saved = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
     yield
-    torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = saved
+    torch.set_float32_matmul_precision(saved)  # also the per-backend settings it set
 
 
 def test_a_reduced_float32_matmul_precision_does_not_change_the_counts(reduced_matmul_precision):
@@ -487,8 +487,9 @@ def test_a_reduced_float32_matmul_precision_does_not_change_the_counts(reduced_m
     assert int(brute["unit_above"].max()) > 2048
     assert torch.equal(counts_above(counts.unit_bins, dim=1), brute["unit_above"])
     assert torch.equal(counts_above(counts.joint_bins, dim=1), brute["joint_above"])
-    torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+    torch.set_float32_matmul_precision("highest")
     assert unit_concept._exact_float32_matmul(torch.device("cpu"))
+    assert unit_concept._exact_float32_matmul(torch.device("cuda"))
 
 
 def _many_concepts(seed, concepts):
