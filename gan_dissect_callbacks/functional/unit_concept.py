@@ -26,6 +26,10 @@ Counting, per batch and without per-unit or per-concept Python loops:
    exact. Counts are added into the caller's states in place: a batch allocates no
    ``[U, L+1, C]`` tensor, only per-block ones.
 
+Calibrating counts every pixel at the candidate levels; the metric counts the calibration
+samples jointly with the concepts in that same pass and merges each block's candidate bins into
+the final levels' bins (a subset), so those samples are counted once (``_calibrated_update``).
+
 On the CPU with numba installed (the ``fast`` extra), the binning and counting of steps 2–3 run
 as one compiled pass per value (:mod:`~gan_dissect_callbacks.functional._counting`); the counts
 are identical.
@@ -50,8 +54,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -491,17 +495,25 @@ def _unit_concept_update(
     bins: _LevelBins,
     counting: str = "auto",
     out: UnitConceptCounts | None = None,
+    labels: tuple[Tensor, Tensor] | None = None,
+    rebin: Callable[[slice, Tensor], Tensor] | None = None,
 ) -> UnitConceptCounts:
     """Count one validated batch; see :func:`unit_concept_update`.
 
     With ``out`` the batch's counts are added into its tensors in place (no count tensor of the
-    full ``[U, L+1, C]`` size is allocated per batch) and ``out`` is returned.
+    full ``[U, L+1, C]`` size is allocated per batch) and ``out`` is returned. ``labels`` are
+    the masks' ``_label_combinations`` when the caller already has them. With ``rebin`` the
+    counts go into ``out``'s own bins (``out`` is then required and may have fewer levels):
+    for each block of units ``rebin(units, counts)`` gets the block's ``[u, L+1]`` pixels per
+    bin of ``bins`` and returns, per unit and bin, the bin of ``out`` it is added to.
     """
     batch, units = activations.shape[:2]
     concepts, height, width = masks.shape[1:]
     num_levels = bins.num_levels
     device = activations.device
     if out is None:
+        if rebin is not None:
+            raise ValueError("Expected `out` with `rebin`: its shape gives the merged bins.")
         out = _empty_counts(units, num_levels, concepts, device)
     scaled = activations.detach().float() * bins.scale.view(1, units, 1, 1)
     if not bool(torch.isfinite(scaled).all()):
@@ -515,7 +527,7 @@ def _unit_concept_update(
         by_combination = False
         concept_pixels = torch.zeros(0, dtype=torch.int64, device=device)
     else:
-        inverse, combinations = _label_combinations(masks)
+        inverse, combinations = _label_combinations(masks) if labels is None else labels
         # Pixels per concept from pixels per combination: exact, and far cheaper than a column
         # sum of the [N, C] bool matrix.
         combination_pixels = torch.bincount(inverse, minlength=combinations.shape[0])
@@ -601,6 +613,24 @@ def _unit_concept_update(
                 rows += (pair_concept[a:b].to(torch.int32) * span)[:, None]
         if not compiled:
             joint_counts, alone_counts = joint.counts(), alone.counts()
+        if not concepts:  # pixels per grid cell → pixels per bin
+            alone_counts = torch.zeros(span, dtype=torch.int64, device=device).index_add_(
+                0, table, alone_counts.long()
+            )
+        bins_out = num_levels + 1
+        if rebin is not None:
+            # Per unit, which of `out`'s bins each of this block's bins falls in.
+            if by_combination:
+                per_bin = joint_counts.view(groups, stop - start, -1).sum(0, dtype=torch.int64)
+            else:
+                per_bin = alone_counts.view(stop - start, -1).long()
+            into = rebin(slice(start, stop), per_bin)
+            bins_out = out.unit_bins.shape[1]
+            if concepts:
+                joint_counts = _merged_bins(joint_counts, groups, into, bins_out)
+            if not by_combination:
+                alone_counts = _merged_bins(alone_counts, 1, into, bins_out)
+            span = (stop - start) * bins_out
         unit_bins = out.unit_bins[start:stop].view(-1)
         if by_combination:
             # One product gives the joint counts and, from the column of ones, the unit's own.
@@ -611,15 +641,14 @@ def _unit_concept_update(
                 expanded = joint_counts.view(groups, span).T.to(expand.dtype) @ expand
             unit_bins += expanded[:, concepts].long()
             out.joint_bins[start:stop] += (
-                expanded[:, :concepts].long().reshape(stop - start, num_levels + 1, concepts)
+                expanded[:, :concepts].long().reshape(stop - start, bins_out, concepts)
             )
-        elif concepts:
-            unit_bins += alone_counts
-            out.joint_bins[start:stop] += joint_counts.view(
-                concepts, stop - start, num_levels + 1
-            ).permute(1, 2, 0)
         else:
-            unit_bins.index_add_(0, table, alone_counts.long())
+            unit_bins += alone_counts
+            if concepts:
+                out.joint_bins[start:stop] += joint_counts.view(
+                    concepts, stop - start, bins_out
+                ).permute(1, 2, 0)
     out.concept_pixels.add_(concept_pixels)
     out.num_pixels.add_(num_pixels)
     out.num_samples.add_(batch)
@@ -689,6 +718,133 @@ def unit_concept_levels(
         raise ValueError(
             f"Expected argument `max_values` to be an int >= 1, but got {max_values!r}."
         )
+    candidates = _level_candidates(
+        activations, size, quantile, num_levels, min_fraction, num_dense_levels, max_values
+    )
+    if candidates.pool is None:
+        return candidates.logspaced
+    source = activations.detach().float()
+    no_concepts = torch.zeros(
+        (source.shape[0], 0, *candidates.size), dtype=torch.bool, device=source.device
+    )
+    counts = _unit_concept_update(source, no_concepts, _level_bins(candidates.pool))
+    return candidates.levels(counts.unit_bins)
+
+
+def _merged_bins(counts: Tensor, groups: int, into: Tensor, bins_out: int) -> Tensor:
+    """``[groups, u, L+1]`` counts (flat) summed into ``[groups, u, bins_out]`` by ``into``."""
+    units = into.shape[0]
+    merged = torch.zeros((groups, units, bins_out), dtype=counts.dtype, device=counts.device)
+    source = counts.view(groups, units, -1)
+    return merged.scatter_add_(2, into.expand(groups, -1, -1), source).view(-1)
+
+
+def _calibrated_update(
+    activations: Tensor,
+    masks: Tensor,
+    *,
+    quantile: float,
+    num_levels: int,
+    min_fraction: float,
+    num_dense_levels: int,
+    max_values: int = 2**14,
+    counting: str = "auto",
+    out: UnitConceptCounts | None = None,
+) -> tuple[Tensor, UnitConceptCounts]:
+    """Calibrate levels on a validated batch and count the batch at them, in one counting pass.
+
+    The result is ``levels = unit_concept_levels(activations, masks.shape[2:], ...)`` and
+    ``unit_concept_update(activations, masks, levels)`` (added into ``out`` when given), bit for
+    bit. Calibrating counts every pixel at the candidates the dense levels are chosen from; here
+    that count is joint with the concepts, and since the final levels are candidates themselves
+    each final bin is a sum of candidate bins: per block of units, the levels are chosen from
+    the block's counts and its bins merged before they are expanded to concepts, so the batch
+    is not counted a second time. A block whose final levels are not all candidates (snapping
+    the final levels may move a log-spaced one, outside the defaults) is counted again.
+    """
+    candidates = _level_candidates(
+        activations, masks.shape[2:], quantile, num_levels, min_fraction, num_dense_levels,
+        max_values,
+    )  # fmt: skip
+    if candidates.pool is None:
+        levels = candidates.logspaced
+        return levels, _unit_concept_update(
+            activations, masks, _level_bins(levels), counting, out=out
+        )
+    units, concepts = activations.shape[1], masks.shape[1]
+    total_levels = num_levels + candidates.targets.numel()
+    device = activations.device
+    if out is None:
+        out = _empty_counts(units, total_levels, concepts, device)
+    labels = _label_combinations(masks) if concepts else None
+    levels = torch.empty((units, total_levels), dtype=torch.float32, device=device)
+    recount: list[slice] = []
+
+    def rebin(block: slice, unit_bins: Tensor) -> Tensor:
+        of_block = candidates.of_units(block)
+        assert of_block.pool is not None
+        levels[block] = chosen = of_block.levels(unit_bins)
+        # The first candidate equal to each final level: pixels above them are the same.
+        index = torch.searchsorted(of_block.pool, chosen)
+        position = index.clamp(max=of_block.pool.shape[1] - 1)
+        if not torch.equal(of_block.pool.gather(1, position), chosen):
+            recount.append(block)  # everything goes to bin 0 for now, and is taken out below
+            return torch.zeros_like(unit_bins)
+        # Candidate bin j (values in (c[j-1], c[j]]) lies in the final bin of the final levels
+        # below c[j], i.e. the number of final levels whose candidate index is below j.
+        j = torch.arange(unit_bins.shape[1], device=device).expand(unit_bins.shape[0], -1)
+        return torch.searchsorted(index.contiguous(), j.contiguous(), side="left")
+
+    source = activations.detach().float()
+    before = out.concept_pixels.clone()
+    _unit_concept_update(
+        source, masks, _level_bins(candidates.pool), counting, out, labels=labels, rebin=rebin
+    )
+    for block in recount:
+        out.unit_bins[block, 0] -= source.shape[0] * masks.shape[2] * masks.shape[3]
+        out.joint_bins[block, 0] -= out.concept_pixels - before
+        block_counts = UnitConceptCounts(
+            out.unit_bins[block], out.joint_bins[block], *(torch.zeros_like(t) for t in
+            (out.concept_pixels, out.num_pixels, out.num_samples)),
+        )  # fmt: skip
+        _unit_concept_update(source[:, block], masks, _level_bins(levels[block]), counting,
+                             block_counts, labels=labels)  # fmt: skip
+    return levels, out
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """The candidate levels of a calibration batch, before its dense levels are chosen."""
+
+    logspaced: Tensor  # [U, num_levels], snapped when there are no dense levels
+    pool: Tensor | None  # [U, num_levels + 2048] log-spaced and fine levels, snapped: the dense
+    # levels are chosen among them
+    targets: Tensor  # [T] fractions of pixels above the dense levels
+    size: tuple[int, int]  # the upsampled size
+    num_pixels: int  # pixels per unit in the batch at that size
+
+    def levels(self, unit_bins: Tensor) -> Tensor:
+        """The final levels, given the batch's ``[U, L'+1]`` pixels per bin of ``pool``."""
+        assert self.pool is not None
+        above = counts_above(unit_bins, dim=1).double() / self.num_pixels
+        chosen = self.pool.gather(1, nearest_fraction_index(above, self.targets))
+        return snap_levels(torch.cat([self.logspaced, chosen], dim=1).sort(dim=1).values)
+
+    def of_units(self, units: slice) -> _Candidates:
+        pool = None if self.pool is None else self.pool[units]
+        return replace(self, logspaced=self.logspaced[units], pool=pool)
+
+
+def _level_candidates(
+    activations: Tensor,
+    size: Sequence[int] | None,
+    quantile: float,
+    num_levels: int,
+    min_fraction: float,
+    num_dense_levels: int,
+    max_values: int,
+) -> _Candidates:
+    """Steps 1 and 2 of :func:`unit_concept_levels` up to the exact count (validated inputs)."""
     fractions = candidate_fractions(num_levels, min_fraction)
     targets = dense_fractions(quantile, num_dense_levels)
     batch, _, height, width = activations.shape
@@ -711,15 +867,11 @@ def unit_concept_levels(
     quantiles = quantile_levels(values, 1.0 - torch.cat([fractions, widest]))
     logspaced, edges = quantiles[:, : fractions.numel()], quantiles[:, fractions.numel() :].double()
     if num_dense_levels == 0:
-        return snap_levels(logspaced)
+        return _Candidates(snap_levels(logspaced), None, targets, out_size, total)
     spread = torch.linspace(0.0, 1.0, _FINE_LEVELS, dtype=torch.float64, device=device)
     fine = (edges[:, :1] + (edges[:, 1:] - edges[:, :1]) * spread).float()
-    candidates = snap_levels(torch.cat([logspaced, fine], dim=1).sort(dim=1).values)
-    no_concepts = torch.zeros((batch, 0, *out_size), dtype=torch.bool, device=device)
-    counts = _unit_concept_update(source, no_concepts, _level_bins(candidates))
-    above = counts_above(counts.unit_bins, dim=1).double() / total
-    dense = candidates.gather(1, nearest_fraction_index(above, targets))
-    return snap_levels(torch.cat([logspaced, dense], dim=1).sort(dim=1).values)
+    pool = snap_levels(torch.cat([logspaced, fine], dim=1).sort(dim=1).values)
+    return _Candidates(logspaced, pool, targets, out_size, total)
 
 
 def unit_concept_update(
@@ -877,15 +1029,16 @@ def unit_concept_iou(
     """
     _check_inputs(activations, masks)
     if levels is None:
-        levels = unit_concept_levels(
+        levels, counts = _calibrated_update(
             activations,
-            tuple(masks.shape[2:]),
+            masks,
             quantile=quantile,
             num_levels=num_levels,
             min_fraction=min_fraction,
             num_dense_levels=num_dense_levels,
         )
-    counts = unit_concept_update(activations, masks, levels)
+    else:
+        counts = unit_concept_update(activations, masks, levels)
     return unit_concept_compute(
         counts, levels, quantile=quantile, min_concept_fraction=min_concept_fraction
     )

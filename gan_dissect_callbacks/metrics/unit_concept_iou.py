@@ -29,6 +29,7 @@ from gan_dissect_callbacks.functional.threshold import _check_levels, snap_level
 from gan_dissect_callbacks.functional.unit_concept import (
     UnitConceptCounts,
     UnitConceptIoUResult,
+    _calibrated_update,
     _check_inputs,
     _level_bins,
     _LevelBins,
@@ -88,7 +89,8 @@ class UnitConceptIoU(Metric):
     **Levels** are calibrated on the first ``calibration_samples`` samples (quantiles ``1 - f``,
     ``f`` log-spaced in ``[min_fraction, 1]``, plus ``num_dense_levels`` around ``quantile``),
     or set with :meth:`calibrate` or ``levels=``. Until then batches wait in a buffer and are
-    counted once the levels exist (:meth:`compute` includes them). One batch is not enough: a
+    counted once the levels exist (:meth:`compute` includes them), in the pass that calibrates
+    the levels (one pass over the buffer does both). One batch is not enough: a
     unit's top 1% varies ~2× between batches of 32 images, and levels calibrated on one batch
     miss the stream's quantile. Under ``torch.distributed`` rank 0's levels are broadcast and
     rank 0's sample count decides when, so all ranks must call :meth:`update` (and
@@ -286,14 +288,32 @@ class UnitConceptIoU(Metric):
         self._calibrate_together(activations.to(self.device))
 
     def _calibrated_levels(self, activations: Tensor) -> Tensor:
-        return unit_concept_levels(
-            activations,
-            self.segmentation_size,
-            quantile=self.quantile,
-            num_levels=self.num_levels,
-            min_fraction=self.min_fraction,
-            num_dense_levels=self.num_dense_levels,
-        )
+        return unit_concept_levels(activations, self.segmentation_size, **self._level_settings())
+
+    def _level_settings(self) -> dict[str, Any]:
+        return {
+            "quantile": self.quantile,
+            "num_levels": self.num_levels,
+            "min_fraction": self.min_fraction,
+            "num_dense_levels": self.num_dense_levels,
+        }
+
+    def _calibrate_and_add(self, activations: Tensor, masks: Tensor) -> Tensor:
+        """Levels calibrated on the samples, which are counted at them into the states.
+
+        One counting pass does both (``_calibrated_update``). The states hold no counts before
+        the levels exist; if counting fails they are emptied again, so a later calibration
+        starts clean.
+        """
+        try:
+            levels, _ = _calibrated_update(
+                activations, masks, out=self._counts(), **self._level_settings()
+            )
+        except BaseException:
+            for state in self._counts().__dict__.values():
+                state.zero_()
+            raise
+        return levels
 
     def _distributed(self) -> bool:
         return (
@@ -305,23 +325,31 @@ class UnitConceptIoU(Metric):
     def _rank_zero(self) -> int:
         return 0 if self.process_group is None else dist.get_global_rank(self.process_group, 0)
 
-    def _calibrate_together(self, activations: Tensor) -> None:
+    def _calibrate_together(self, activations: Tensor, masks: Tensor | None = None) -> bool:
         """Set the levels from ``activations``: on rank 0, then broadcast to every rank.
 
         Rank 0 first tells every rank whether calibrating worked, so a failure there (an
         out-of-memory error, say) is raised on every rank instead of leaving the others
-        waiting in the broadcast of levels that never come.
+        waiting in the broadcast of levels that never come. With ``masks`` of the same samples,
+        the process that calibrates also counts them at the new levels in the same pass and
+        returns ``True``; the others return ``False`` and count their own samples.
         """
+
+        def calibrated() -> Tensor:
+            if masks is None:
+                return self._calibrated_levels(activations)
+            return self._calibrate_and_add(activations, masks)
+
         if not self._distributed():
-            self.levels = self._calibrated_levels(activations).to(self.levels.device).contiguous()
-            return
+            self.levels = calibrated().to(self.levels.device).contiguous()
+            return masks is not None
         shape = (self.num_units, self.num_levels + self.num_dense_levels)
         levels = torch.empty(shape, dtype=torch.float32, device=self.levels.device)
         failure: Exception | None = None
         source = self._rank_zero()
         if dist.get_rank() == source:
             try:
-                levels = self._calibrated_levels(activations).to(levels.device).contiguous()
+                levels = calibrated().to(levels.device).contiguous()
             except Exception as err:  # reported to every rank below, then re-raised here
                 failure = err
         failed = torch.tensor(int(failure is not None), device=self.levels.device)
@@ -335,6 +363,7 @@ class UnitConceptIoU(Metric):
             )
         dist.broadcast(levels, src=source, group=self.process_group)
         self.levels = levels
+        return masks is not None and dist.get_rank() == source
 
     def _level_bins(self) -> _LevelBins:
         key = (self.levels.data_ptr(), self.levels._version, self.levels.device)
@@ -407,9 +436,8 @@ class UnitConceptIoU(Metric):
         if self.calibrated or self._ready_to_calibrate():
             pending = self._pending()
             assert pending is not None
-            if not self.calibrated:
-                self._calibrate_together(pending[0])
-            self._add(*pending)
+            if self.calibrated or not self._calibrate_together(*pending):
+                self._add(*pending)
             self.pending_activations, self.pending_masks = [], []
 
     def _counts(self) -> UnitConceptCounts:
@@ -432,9 +460,11 @@ class UnitConceptIoU(Metric):
         levels, counts = self.levels, self._counts()
         if pending is not None:
             # Pure: calibrate on everything waiting (identical on all ranks after the sync).
-            if not self.calibrated:
-                levels = self._calibrated_levels(pending[0])
-            counts = counts + _unit_concept_update(*pending, _level_bins(levels))
+            if self.calibrated:
+                counts = counts + _unit_concept_update(*pending, _level_bins(levels))
+            else:
+                levels, waiting = _calibrated_update(*pending, **self._level_settings())
+                counts = counts + waiting
         return unit_concept_compute(
             counts,
             levels.clone(),

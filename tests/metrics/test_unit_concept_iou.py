@@ -574,3 +574,111 @@ def test_counts_without_concepts_equal_the_unit_counts_with_them():
     alone = unit_concept._unit_concept_update(acts, masks[:, :0], bins)
     assert torch.equal(alone.unit_bins, unit_concept_update(acts, masks, levels).unit_bins)
     assert alone.joint_bins.shape == (34, levels.shape[1] + 1, 0)
+
+
+def _two_passes(acts, masks, **sizes):
+    """What calibrating in one pass must give: the levels, then a count at them."""
+    levels = unit_concept_levels(acts, tuple(masks.shape[2:]), **sizes)
+    return levels, unit_concept_update(acts, masks, levels)
+
+
+def _one_pass(acts, masks, counting="auto", out=None, num_levels=100, num_dense_levels=256):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    return unit_concept._calibrated_update(
+        acts, masks, quantile=0.99, num_levels=num_levels, min_fraction=1e-3,
+        num_dense_levels=num_dense_levels, counting=counting, out=out,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+@pytest.mark.parametrize(
+    ("units", "concepts", "sizes"),
+    [(34, 4, {}), (70, 3, SMALL), (33, 70, {}), (5, 0, SMALL), (3, 2, {"num_dense_levels": 0})],
+)
+def test_calibrating_and_counting_in_one_pass_equals_two_passes(
+    monkeypatch, numba, counting, units, concepts, sizes
+):
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", numba)
+    acts, masks = random_dissection_data(7, 6, units, concepts, (4, 4), (12, 12), "relu")
+    levels, counts = _two_passes(acts, masks, **sizes)
+    got_levels, got = _one_pass(acts, masks, counting, **sizes)
+    assert torch.equal(got_levels, levels)
+    for field in dataclasses.fields(counts):
+        assert torch.equal(getattr(got, field.name), getattr(counts, field.name)), field.name
+    brute = brute_force_counts(acts, masks if concepts else masks[:, :0].any(1, True), levels)
+    assert torch.equal(counts_above(got.unit_bins, dim=1), brute["unit_above"])
+    if concepts:
+        assert torch.equal(counts_above(got.joint_bins, dim=1), brute["joint_above"])
+
+
+def test_one_pass_calibration_adds_into_out():
+    from gan_dissect_callbacks.functional import unit_concept
+
+    acts, masks = random_dissection_data(8, 6, 34, 3, (3, 3), (6, 6), "none")
+    levels, counts = _two_passes(acts, masks, **SMALL)
+    out = unit_concept_update(acts[:2], masks[:2], levels)  # counts already held
+    joint = out.joint_bins
+    returned_levels, returned = _one_pass(acts, masks, out=out, **SMALL)
+    assert returned is out and out.joint_bins is joint
+    assert torch.equal(returned_levels, levels)
+    expected = counts + unit_concept._unit_concept_update(
+        acts[:2], masks[:2], unit_concept._level_bins(levels)
+    )
+    for field in dataclasses.fields(out):
+        assert torch.equal(getattr(out, field.name), getattr(expected, field.name)), field.name
+
+
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+def test_a_block_whose_levels_are_not_candidates_is_counted_again(monkeypatch, counting):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    chosen = unit_concept._Candidates.levels
+
+    def coarse(self, unit_bins):  # final levels on a coarser grid than the candidates'
+        return snap_levels(chosen(self, unit_bins), num_cells=7)
+
+    monkeypatch.setattr(unit_concept._Candidates, "levels", coarse)
+    passes = []
+    count = unit_concept._unit_concept_update
+    monkeypatch.setattr(
+        unit_concept, "_unit_concept_update", lambda *a, **k: passes.append(1) or count(*a, **k)
+    )
+    acts, masks = random_dissection_data(9, 6, 40, 4, (4, 4), (12, 12), "none")
+    levels, counts = _two_passes(acts, masks, **SMALL)
+    passes.clear()
+    got_levels, got = _one_pass(acts, masks, counting, **SMALL)
+    assert len(passes) == 3  # the pass at the candidates, then each of the 2 blocks again
+    assert torch.equal(got_levels, levels)
+    for field in dataclasses.fields(counts):
+        assert torch.equal(getattr(got, field.name), getattr(counts, field.name)), field.name
+
+
+def test_a_calibration_that_fails_leaves_no_counts_behind(monkeypatch):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    acts, masks = random_dissection_data(10, 6, 40, 3, (4, 4), (8, 8), "none")
+    chosen = unit_concept._Candidates.levels
+    calls = []
+
+    def fails_in_the_second_block(self, unit_bins):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of memory")
+        return chosen(self, unit_bins)
+
+    monkeypatch.setattr(unit_concept._Candidates, "levels", fails_in_the_second_block)
+    metric = UnitConceptIoU(40, 3, calibration_samples=6, **SMALL)
+    with pytest.raises(MemoryError):
+        metric.update(acts, masks)
+    assert len(calls) == 2  # the first block's counts were added before the failure
+    assert not metric.calibrated
+    assert int(metric.unit_bins.abs().sum()) == 0 and int(metric.joint_bins.abs().sum()) == 0
+    monkeypatch.setattr(unit_concept._Candidates, "levels", chosen)
+    fresh = UnitConceptIoU(40, 3, calibration_samples=6, **SMALL)
+    fresh.update(acts, masks)
+    metric.reset()
+    metric.update(acts, masks)
+    assert torch.equal(metric.joint_bins, fresh.joint_bins)
+    assert torch.equal(metric.levels, fresh.levels)
