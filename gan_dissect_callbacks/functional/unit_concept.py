@@ -101,6 +101,9 @@ _MAX_GRID_WIDTH = 2**17
 # the dense targets (see unit_concept_levels).
 _FINE_LEVELS = 2048
 _FINE_MARGIN = 1.5
+# The one-pass calibration merges a block's bins at the candidate levels when they are at most
+# this share of the batch's pixels (see _calibrated_update); else it counts twice.
+_ONE_PASS_BINS = 0.5
 # unit_concept_compute works on blocks of units of about this many (unit, level, concept) counts.
 _COMPUTE_TABLES = 2**20
 
@@ -723,12 +726,7 @@ def unit_concept_levels(
     )
     if candidates.pool is None:
         return candidates.logspaced
-    source = activations.detach().float()
-    no_concepts = torch.zeros(
-        (source.shape[0], 0, *candidates.size), dtype=torch.bool, device=source.device
-    )
-    counts = _unit_concept_update(source, no_concepts, _level_bins(candidates.pool))
-    return candidates.levels(counts.unit_bins)
+    return candidates.levels_of(activations.detach().float())
 
 
 def _merged_bins(counts: Tensor, groups: int, into: Tensor, bins_out: int) -> Tensor:
@@ -760,7 +758,10 @@ def _calibrated_update(
     each final bin is a sum of candidate bins: per block of units, the levels are chosen from
     the block's counts and its bins merged before they are expanded to concepts, so the batch
     is not counted a second time. A block whose final levels are not all candidates (snapping
-    the final levels may move a log-spaced one, outside the defaults) is counted again.
+    the final levels may move a log-spaced one, outside the defaults) is counted again. With
+    ``counting="auto"`` the one pass counts by label combinations, and only where a block's
+    combinations × candidate bins stay below half the batch's pixels; masks with more
+    combinations are counted in two passes, which is then faster.
     """
     candidates = _level_candidates(
         activations, masks.shape[2:], quantile, num_levels, min_fraction, num_dense_levels,
@@ -771,12 +772,23 @@ def _calibrated_update(
         return levels, _unit_concept_update(
             activations, masks, _level_bins(levels), counting, out=out
         )
+    source = activations.detach().float()
     units, concepts = activations.shape[1], masks.shape[1]
+    labels = _label_combinations(masks) if concepts else None
+    if labels is not None and counting == "auto":
+        # A block's counts at the pool take K·(L'+1) bins per unit: zeroing, merging and missed
+        # caches cost more than the second pass they save unless they are few beside the pixels
+        # (measured: 0.26 of them a win, 1.3 a loss).
+        pool_bins = labels[1].shape[0] * (candidates.pool.shape[1] + 1)
+        if pool_bins > _ONE_PASS_BINS * candidates.num_pixels or pool_bins * UNIT_BLOCK >= 2**31:
+            levels = candidates.levels_of(source)
+            counts = _unit_concept_update(source, masks, _level_bins(levels), out=out)
+            return levels, counts
+        counting = "combinations"
     total_levels = num_levels + candidates.targets.numel()
     device = activations.device
     if out is None:
         out = _empty_counts(units, total_levels, concepts, device)
-    labels = _label_combinations(masks) if concepts else None
     levels = torch.empty((units, total_levels), dtype=torch.float32, device=device)
     recount: list[slice] = []
 
@@ -795,7 +807,6 @@ def _calibrated_update(
         j = torch.arange(unit_bins.shape[1], device=device).expand(unit_bins.shape[0], -1)
         return torch.searchsorted(index.contiguous(), j.contiguous(), side="left")
 
-    source = activations.detach().float()
     before = out.concept_pixels.clone()
     _unit_concept_update(
         source, masks, _level_bins(candidates.pool), counting, out, labels=labels, rebin=rebin
@@ -829,6 +840,16 @@ class _Candidates:
         above = counts_above(unit_bins, dim=1).double() / self.num_pixels
         chosen = self.pool.gather(1, nearest_fraction_index(above, self.targets))
         return snap_levels(torch.cat([self.logspaced, chosen], dim=1).sort(dim=1).values)
+
+    def levels_of(self, activations: Tensor) -> Tensor:
+        """The final levels of the calibration batch ``activations``, counted at ``pool``."""
+        assert self.pool is not None
+        no_concepts = torch.zeros(
+            (activations.shape[0], 0, *self.size), dtype=torch.bool, device=activations.device
+        )
+        return self.levels(
+            _unit_concept_update(activations, no_concepts, _level_bins(self.pool)).unit_bins
+        )
 
     def of_units(self, units: slice) -> _Candidates:
         pool = None if self.pool is None else self.pool[units]

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gan_dissect_callbacks.functional.threshold import counts_above, snap_levels
+from gan_dissect_callbacks.functional.threshold import counts_above, quantile_rule, snap_levels
 from gan_dissect_callbacks.functional.unit_concept import (
     unit_concept_compute,
     unit_concept_iou,
@@ -87,11 +87,14 @@ def test_streaming_equals_brute_force_for_any_batching(case):
     present = brute["concept_pixels"] / total >= 1e-4
     assert torch.equal(result.concept_present, present)
 
-    # quantile rule: the level a brute-force fraction count picks, and the IoU exactly there
+    # quantile rule: the level the rule picks from brute-force counts, which is the closest up to
+    # rounding (2/150 and 1/150 lie equally far from 0.01), and the IoU exactly there
     fractions = brute["unit_above"].double() / total
     distance = (fractions - 0.01).abs()
-    assert torch.equal((result.fraction_above - 0.01).abs(), distance.min(dim=1).values)
-    pick = distance.argmin(dim=1)
+    pick = quantile_rule(brute["unit_above"], total, 0.99)
+    closest = distance.min(dim=1).values
+    assert bool((distance.gather(1, pick[:, None])[:, 0] <= closest + 1e-12).all())
+    assert torch.equal(result.fraction_above, fractions.gather(1, pick[:, None])[:, 0])
     assert torch.equal(result.threshold_quantile, result.levels.gather(1, pick[:, None])[:, 0])
     joint = brute["joint_above"][torch.arange(case["units"]), pick]
     mask_pixels = brute["unit_above"].gather(1, pick[:, None])
@@ -592,7 +595,7 @@ def _one_pass(acts, masks, counting="auto", out=None, num_levels=100, num_dense_
 
 
 @pytest.mark.parametrize("numba", ["1", "0"])
-@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+@pytest.mark.parametrize("counting", ["combinations", "pairs", "auto"])
 @pytest.mark.parametrize(
     ("units", "concepts", "sizes"),
     [(34, 4, {}), (70, 3, SMALL), (33, 70, {}), (5, 0, SMALL), (3, 2, {"num_dense_levels": 0})],
@@ -669,6 +672,7 @@ def test_a_calibration_that_fails_leaves_no_counts_behind(monkeypatch):
         return chosen(self, unit_bins)
 
     monkeypatch.setattr(unit_concept._Candidates, "levels", fails_in_the_second_block)
+    monkeypatch.setattr(unit_concept, "_ONE_PASS_BINS", float("inf"))  # one pass on few pixels
     metric = UnitConceptIoU(40, 3, calibration_samples=6, **SMALL)
     with pytest.raises(MemoryError):
         metric.update(acts, masks)
@@ -682,3 +686,22 @@ def test_a_calibration_that_fails_leaves_no_counts_behind(monkeypatch):
     metric.update(acts, masks)
     assert torch.equal(metric.joint_bins, fresh.joint_bins)
     assert torch.equal(metric.levels, fresh.levels)
+
+
+@pytest.mark.parametrize(("share", "passes"), [(float("inf"), 1), (0.0, 2)])
+def test_auto_counts_in_one_pass_only_where_the_candidate_bins_are_few(monkeypatch, share, passes):
+    from gan_dissect_callbacks.functional import unit_concept
+
+    acts, masks = random_dissection_data(11, 6, 34, 3, (4, 4), (12, 12), "relu")
+    levels, counts = _two_passes(acts, masks, **SMALL)
+    monkeypatch.setattr(unit_concept, "_ONE_PASS_BINS", share)
+    calls = []
+    count = unit_concept._unit_concept_update
+    monkeypatch.setattr(
+        unit_concept, "_unit_concept_update", lambda *a, **k: calls.append(1) or count(*a, **k)
+    )
+    got_levels, got = _one_pass(acts, masks, "auto", **SMALL)
+    assert len(calls) == passes
+    assert torch.equal(got_levels, levels)
+    for field in dataclasses.fields(counts):
+        assert torch.equal(getattr(got, field.name), getattr(counts, field.name)), field.name
