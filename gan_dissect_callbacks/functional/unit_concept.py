@@ -782,7 +782,9 @@ def _calibrated_update(
         pool_bins = labels[1].shape[0] * (candidates.pool.shape[1] + 1)
         if pool_bins > _ONE_PASS_BINS * candidates.num_pixels or pool_bins * UNIT_BLOCK >= 2**31:
             levels = candidates.levels_of(source)
-            counts = _unit_concept_update(source, masks, _level_bins(levels), out=out)
+            counts = _unit_concept_update(
+                source, masks, _level_bins(levels), out=out, labels=labels
+            )
             return levels, counts
         counting = "combinations"
     total_levels = num_levels + candidates.targets.numel()
