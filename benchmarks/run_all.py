@@ -1177,7 +1177,10 @@ NOTES = [
     "on no pixel or on all. The counts and IQRs are identical to the PyTorch path's.",
     "Level calibration interpolates only the 16,384 pixels per unit its log-spaced candidates "
     "are read from (functional.upsample.upsample_at, by flat index into one copy of the batch), "
-    "and upsamples the calibration batch once, for its exact cell histogram.",
+    "and upsamples the calibration batch once, for its exact count at the candidate levels; "
+    "where a block's label combinations × candidate bins are at most half the batch's pixels "
+    "that count is joint with the concepts and its bins merge into the final levels' (a subset "
+    "of the candidates), so the calibration batch is counted once instead of twice.",
     "Work is chunked to ~2^20 values per tensor operation (cache-sized, bounded memory), with "
     "no per-unit or per-concept Python loop; counts are integers (int32 per block of a "
     "batch, int64 states; never bf16).",
