@@ -9,7 +9,10 @@ of the vocabulary. Two readings of the logits:
   exactly one concept.
 
 Logits are resized to ``output_size`` (bilinear, ``align_corners=False``) *before* the
-nonlinearity, so hard masks have smooth boundaries at any resolution.
+nonlinearity, so hard masks have smooth boundaries at any resolution. The resize runs in
+``channels_last`` layout (:func:`resize_logits`), several times faster than PyTorch's default
+layout on a CPU for segmenter-like shapes: 150 concepts, 16×16 → 64×64 for 32 images take
+~0.05 s instead of ~0.33 s on 2 cores.
 
 The module runs at the segmenter's own ``precision``, whatever the precision of the training
 run that calls it: float32 by default, or under ``torch.autocast`` to bfloat16 or float16.
@@ -36,9 +39,29 @@ from gan_dissect_callbacks.arguments import (
 from gan_dissect_callbacks.instrumentation import eval_mode
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
-__all__ = ["ModuleSegmenter", "native_bf16"]
+__all__ = ["ModuleSegmenter", "native_bf16", "resize_logits"]
 
 _AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``logits [B, C, h, w]`` to ``size`` (``align_corners=False``).
+
+    The same interpolation as ``F.interpolate(logits, size, mode="bilinear")``, computed in
+    ``channels_last`` layout: PyTorch's CPU kernel for the default layout is several times slower
+    for many channels at a 2x-8x upsampling (150 channels, 16×16 → 64×64: ~0.33 s against
+    ~0.05 s for 32 images on 2 cores). The two layouts add the same terms in another order, so
+    a value may differ from ``F.interpolate``'s in its last bit; each image's values are the
+    same however many images share the call. The result is in ``channels_last`` layout (its
+    shape is ``[B, C, *size]``); call ``.contiguous()`` before ``.view``.
+
+    Example:
+        >>> import torch
+        >>> resize_logits(torch.tensor([[[[0.0, 4.0]]]]), (1, 4))
+        tensor([[[[0., 1., 3., 4.]]]])
+    """
+    x = logits.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -164,6 +187,28 @@ class ModuleSegmenter:
             TypeError, ValueError: if the module's output is not a logits tensor of shape
                 ``[B, len(vocabulary), h, w]``.
         """
+        return self._logits(images).contiguous()
+
+    def soft_segment(self, images: Tensor) -> Tensor:
+        """Probabilities ``[B, C, S, S']``: sigmoid (multi-label) or softmax over concepts."""
+        logits = self.logits(images)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+    def segment(self, images: Tensor) -> Tensor:
+        """Bool masks ``[B, C, S, S']``: ``p > threshold`` (multi-label) or one-hot argmax."""
+        with torch.no_grad():
+            # The logits stay in the layout they were resized in (channels_last): only the
+            # masks, a quarter of the bytes, are laid out in the default layout.
+            logits = self._logits(images)
+            if self.multilabel:
+                return (torch.sigmoid(logits) > self.threshold).contiguous()
+            # argmax of the logits equals that of the softmax, without its rounding ties.
+            winner = logits.argmax(dim=1, keepdim=True)
+            masks = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            return masks.scatter_(1, winner, True)
+
+    def _logits(self, images: Tensor) -> Tensor:
+        """:meth:`logits` in whichever memory layout the module and the resize left them."""
         x = images if self.input_transform is None else self.input_transform(images)
         reference = self._reference_tensor()
         if reference is not None and x.is_floating_point() and x.dtype != reference.dtype:
@@ -176,23 +221,8 @@ class ModuleSegmenter:
         if out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()  # probabilities and thresholds in float32, as for any segmenter
         if self.output_size is not None and tuple(out.shape[2:]) != self.output_size:
-            out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=False)
+            out = resize_logits(out, self.output_size)
         return out
-
-    def soft_segment(self, images: Tensor) -> Tensor:
-        """Probabilities ``[B, C, S, S']``: sigmoid (multi-label) or softmax over concepts."""
-        logits = self.logits(images)
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
-
-    def segment(self, images: Tensor) -> Tensor:
-        """Bool masks ``[B, C, S, S']``: ``p > threshold`` (multi-label) or one-hot argmax."""
-        with torch.no_grad():
-            if self.multilabel:
-                return torch.sigmoid(self.logits(images)) > self.threshold
-            # argmax of the logits equals that of the softmax, without its rounding ties.
-            logits = self.logits(images)
-            winner = logits.argmax(dim=1, keepdim=True)
-            return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, winner, True)
 
     def segmentation_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """``output_size``, or else the module's output size for such images.

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.arguments import SegmenterPrecision, check_size
-from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
+from gan_dissect_callbacks.segmenters.module import ModuleSegmenter, resize_logits
 from gan_dissect_callbacks.segmenters.vocabulary import Concept, ConceptVocabulary
 
 __all__ = [
@@ -144,7 +144,12 @@ class SegmentationLogits(nn.Module):
         return ((images + 1) / 2 - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Logits ``[B, C, S, S']``, averaged over the scales."""
+        """Logits ``[B, C, S, S']``, averaged over the scales.
+
+        Logits that are resized come back in ``channels_last`` layout (see
+        :func:`~gan_dissect_callbacks.segmenters.module.resize_logits`);
+        :meth:`ModuleSegmenter.logits` returns them in the default layout.
+        """
         x = self.normalize(images)
         height, width = images.shape[-2:]
         size = self.output_size or (int(height), int(width))
@@ -158,7 +163,7 @@ class SegmentationLogits(nn.Module):
                 )
             logits = self.extract(self.model(xs))
             if tuple(logits.shape[-2:]) != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                logits = resize_logits(logits, size)
             total = logits if total is None else total + logits
         assert total is not None  # scales is never empty
         return total if len(self.scales) == 1 else total / len(self.scales)

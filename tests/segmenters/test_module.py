@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.segmenters.base import Segmenter, checked_segment
-from gan_dissect_callbacks.segmenters.module import ModuleSegmenter
+from gan_dissect_callbacks.segmenters.module import ModuleSegmenter, resize_logits
 from gan_dissect_callbacks.segmenters.vocabulary import ConceptVocabulary
 
 VOCAB = ConceptVocabulary.from_pairs([("sky", "object"), ("tree", "object"), ("brick", "material")])
@@ -106,6 +106,54 @@ def test_output_size_resizes_logits_before_the_nonlinearity() -> None:
     after = F.interpolate(torch.sigmoid(images), size=(1, 4), mode="bilinear", align_corners=False)
     assert not torch.allclose(scores, after)
     assert segmenter.segment(images)[0, 0, 0].tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((3, 150, 16, 16), (64, 64)),
+        ((2, 150, 32, 32), (128, 128)),
+        ((4, 21, 7, 5), (50, 33)),
+        ((2, 12, 32, 32), (8, 8)),
+    ],
+)
+def test_resize_logits_is_bilinear_and_the_same_for_each_image_at_any_batch(shape, size) -> None:
+    logits = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    resized = resize_logits(logits, size)
+    assert resized.shape == (shape[0], shape[1], *size)
+    assert resized.is_contiguous(memory_format=torch.channels_last)
+    reference = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    # Another order of the same additions: at most a rounding apart.
+    assert torch.allclose(resized, reference, rtol=0, atol=4e-6)
+    for i in range(shape[0]):
+        assert torch.equal(resize_logits(logits[i : i + 1], size), resized[i : i + 1])
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_resized_masks_are_those_of_the_logits_in_the_default_layout(multilabel) -> None:
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 40, 4, stride=4)  # logits at a quarter of the resolution
+    segmenter = ModuleSegmenter(
+        net,
+        ConceptVocabulary.from_pairs([(f"c{i}", "object") for i in range(40)]),
+        multilabel=multilabel,
+        output_size=32,
+    )
+    images = random_images(batch=3, size=32)
+    logits = segmenter.logits(images)
+    assert logits.is_contiguous() and logits.shape == (3, 40, 32, 32)
+    masks = segmenter.segment(images)
+    assert masks.is_contiguous() and masks.dtype == torch.bool
+    if multilabel:
+        expected = torch.sigmoid(logits) > 0.5
+    else:
+        expected = F.one_hot(logits.argmax(dim=1), 40).permute(0, 3, 1, 2).bool()
+        assert torch.equal(masks.sum(dim=1), torch.ones(3, 32, 32, dtype=torch.long))
+    assert torch.equal(masks, expected)
+    probabilities = segmenter.soft_segment(images)
+    assert probabilities.is_contiguous()
+    nonlinearity = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+    assert torch.equal(probabilities, nonlinearity)
 
 
 def test_square_output_size_from_an_int() -> None:
