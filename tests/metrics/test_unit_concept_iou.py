@@ -273,6 +273,28 @@ def test_reset_forgets_calibrated_levels_but_keeps_given_ones():
     assert int(given.num_samples) == 0
 
 
+def test_reset_counts_again_from_zero_without_a_full_copy_of_the_zeros():
+    batches = _batches(9, 3)
+    levels = torch.linspace(0.0, 3.0, 7).repeat(5, 1)
+    metric = UnitConceptIoU(5, 3, levels=levels)
+    metric.update(*batches[0])
+    metric.update(*batches[1])
+    assert int(metric.joint_bins.sum()) > 0
+    for _ in range(2):  # the reset states are fresh tensors: counting into them twice is exact
+        metric.reset()
+        assert torch.equal(metric.unit_bins, torch.zeros(5, 8, dtype=torch.int64))
+        assert torch.equal(metric.joint_bins, torch.zeros(5, 8, 3, dtype=torch.int64))
+        metric.update(*batches[2])
+        fresh = UnitConceptIoU(5, 3, levels=levels)
+        fresh.update(*batches[2])
+        _assert_same_result(metric.compute(), fresh.compute())
+    moved = metric.to("meta")
+    for name in ("unit_bins", "joint_bins"):
+        default = moved._defaults[name]
+        assert default.device.type == "meta" and default.shape == getattr(moved, name).shape
+        assert set(default.stride()) == {0}  # one zero, whatever the shape
+
+
 def test_calibrate_sets_levels_from_given_activations():
     batches = _batches(9, 2)
     metric = UnitConceptIoU(5, 3, **SMALL, segmentation_size=(8, 8))
