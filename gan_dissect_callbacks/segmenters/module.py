@@ -9,10 +9,15 @@ of the vocabulary. Two readings of the logits:
   exactly one concept.
 
 Logits are resized to ``output_size`` (bilinear, ``align_corners=False``) *before* the
-nonlinearity, so hard masks have smooth boundaries at any resolution. The resize runs in
-``channels_last`` layout (:func:`resize_logits`), several times faster than PyTorch's default
-layout on a CPU for segmenter-like shapes: 150 concepts, 16×16 → 64×64 for 32 images take
-~0.05 s instead of ~0.33 s on 2 cores.
+nonlinearity, so hard masks have smooth boundaries at any resolution. For exclusive masks
+:meth:`~ModuleSegmenter.segment` resizes in ``channels_last`` layout (:func:`resize_logits`):
+its argmax needs no float tensor in the default layout, and the resize is several times faster
+so on a CPU (150 concepts, 16×16 → 64×64 for 32 images: ~0.05 s instead of ~0.3 s on 2 cores).
+:meth:`~ModuleSegmenter.logits`, :meth:`~ModuleSegmenter.soft_segment` and multi-label masks
+resize in the default layout, which is faster where the result must be laid out so. A module
+whose class sets ``takes_channels_last = True`` resizes its own logits and is called as
+``module(x, channels_last=True)`` for exclusive masks (as the torchvision and transformers
+adapters' :class:`~gan_dissect_callbacks.segmenters.torchvision.SegmentationLogits` is).
 
 The module runs at the segmenter's own ``precision``, whatever the precision of the training
 run that calls it: float32 by default, or under ``torch.autocast`` to bfloat16 or float16.
@@ -187,7 +192,7 @@ class ModuleSegmenter:
             TypeError, ValueError: if the module's output is not a logits tensor of shape
                 ``[B, len(vocabulary), h, w]``.
         """
-        return self._logits(images).contiguous()
+        return self._logits(images, channels_last=False)
 
     def soft_segment(self, images: Tensor) -> Tensor:
         """Probabilities ``[B, C, S, S']``: sigmoid (multi-label) or softmax over concepts."""
@@ -197,18 +202,17 @@ class ModuleSegmenter:
     def segment(self, images: Tensor) -> Tensor:
         """Bool masks ``[B, C, S, S']``: ``p > threshold`` (multi-label) or one-hot argmax."""
         with torch.no_grad():
-            # The logits stay in the layout they were resized in (channels_last): only the
-            # masks, a quarter of the bytes, are laid out in the default layout.
-            logits = self._logits(images)
             if self.multilabel:
-                return (torch.sigmoid(logits) > self.threshold).contiguous()
-            # argmax of the logits equals that of the softmax, without its rounding ties.
+                return torch.sigmoid(self.logits(images)) > self.threshold
+            # argmax of the logits equals that of the softmax, without its rounding ties. The
+            # logits may be channels_last (see the module docstring); the masks are not.
+            logits = self._logits(images, channels_last=True)
             winner = logits.argmax(dim=1, keepdim=True)
             masks = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
             return masks.scatter_(1, winner, True)
 
-    def _logits(self, images: Tensor) -> Tensor:
-        """:meth:`logits` in whichever memory layout the module and the resize left them."""
+    def _logits(self, images: Tensor, *, channels_last: bool) -> Tensor:
+        """:meth:`logits`, resized in ``channels_last`` layout and left so if asked."""
         x = images if self.input_transform is None else self.input_transform(images)
         reference = self._reference_tensor()
         if reference is not None and x.is_floating_point() and x.dtype != reference.dtype:
@@ -216,12 +220,20 @@ class ModuleSegmenter:
         # The segmenter's own precision, not that of a mixed-precision region the analysis was
         # called in: the masks should not depend on the training run's precision.
         with eval_mode(self.module), self._autocast(x.device):
-            out = self.module(x)
+            if channels_last and getattr(self.module, "takes_channels_last", False) is True:
+                out = self.module(x, channels_last=True)
+            else:
+                out = self.module(x)
         self._check_logits(out, images.shape[0])
         if out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()  # probabilities and thresholds in float32, as for any segmenter
         if self.output_size is not None and tuple(out.shape[2:]) != self.output_size:
-            out = resize_logits(out, self.output_size)
+            if channels_last:
+                out = resize_logits(out, self.output_size)
+            else:
+                out = F.interpolate(
+                    out, size=self.output_size, mode="bilinear", align_corners=False
+                )
         return out
 
     def segmentation_size(self, image_size: tuple[int, int]) -> tuple[int, int]:

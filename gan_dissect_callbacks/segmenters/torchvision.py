@@ -143,12 +143,15 @@ class SegmentationLogits(nn.Module):
         """``((images + 1) / 2 - mean) / std``: what the model expects, from ``[-1, 1]``."""
         return ((images + 1) / 2 - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def forward(self, images: Tensor) -> Tensor:
+    #: :meth:`ModuleSegmenter.segment` may call :meth:`forward` with ``channels_last=True``.
+    takes_channels_last = True
+
+    def forward(self, images: Tensor, channels_last: bool = False) -> Tensor:
         """Logits ``[B, C, S, S']``, averaged over the scales.
 
-        Logits that are resized come back in ``channels_last`` layout (see
-        :func:`~gan_dissect_callbacks.segmenters.module.resize_logits`);
-        :meth:`ModuleSegmenter.logits` returns them in the default layout.
+        ``channels_last``: resize the logits in that layout and return them so (see
+        :func:`~gan_dissect_callbacks.segmenters.module.resize_logits`), which is what an argmax
+        over the concepts wants; by default they are resized and returned in the default layout.
         """
         x = self.normalize(images)
         height, width = images.shape[-2:]
@@ -163,7 +166,10 @@ class SegmentationLogits(nn.Module):
                 )
             logits = self.extract(self.model(xs))
             if tuple(logits.shape[-2:]) != size:
-                logits = resize_logits(logits, size)
+                if channels_last:
+                    logits = resize_logits(logits, size)
+                else:
+                    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
             total = logits if total is None else total + logits
         assert total is not None  # scales is never empty
         return total if len(self.scales) == 1 else total / len(self.scales)

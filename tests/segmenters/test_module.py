@@ -130,7 +130,9 @@ def test_resize_logits_is_bilinear_and_the_same_for_each_image_at_any_batch(shap
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
-def test_resized_masks_are_those_of_the_logits_in_the_default_layout(multilabel) -> None:
+def test_exclusive_masks_resize_in_channels_last_and_the_rest_in_the_default_layout(
+    multilabel,
+) -> None:
     torch.manual_seed(0)
     net = nn.Conv2d(3, 40, 4, stride=4)  # logits at a quarter of the resolution
     segmenter = ModuleSegmenter(
@@ -140,20 +142,46 @@ def test_resized_masks_are_those_of_the_logits_in_the_default_layout(multilabel)
         output_size=32,
     )
     images = random_images(batch=3, size=32)
+    with torch.no_grad():
+        raw = net(images)
+    default = F.interpolate(raw, size=(32, 32), mode="bilinear", align_corners=False)
     logits = segmenter.logits(images)
-    assert logits.is_contiguous() and logits.shape == (3, 40, 32, 32)
+    assert logits.is_contiguous() and torch.equal(logits, default)
     masks = segmenter.segment(images)
     assert masks.is_contiguous() and masks.dtype == torch.bool
     if multilabel:
-        expected = torch.sigmoid(logits) > 0.5
+        assert torch.equal(masks, torch.sigmoid(default) > 0.5)
     else:
-        expected = F.one_hot(logits.argmax(dim=1), 40).permute(0, 3, 1, 2).bool()
-        assert torch.equal(masks.sum(dim=1), torch.ones(3, 32, 32, dtype=torch.long))
-    assert torch.equal(masks, expected)
+        winner = resize_logits(raw, (32, 32)).argmax(dim=1)
+        assert torch.equal(masks, F.one_hot(winner, 40).permute(0, 3, 1, 2).bool())
     probabilities = segmenter.soft_segment(images)
-    assert probabilities.is_contiguous()
-    nonlinearity = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-    assert torch.equal(probabilities, nonlinearity)
+    nonlinearity = torch.sigmoid(default) if multilabel else torch.softmax(default, dim=1)
+    assert probabilities.is_contiguous() and torch.equal(probabilities, nonlinearity)
+
+
+class ChannelsLastAware(nn.Module):
+    """Resizes its own logits, in channels_last layout when asked (records what it was asked)."""
+
+    takes_channels_last = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[bool] = []
+
+    def forward(self, x: Tensor, channels_last: bool = False) -> Tensor:
+        self.asked.append(channels_last)
+        return resize_logits(x, (4, 4)) if channels_last else x.repeat_interleave(2, -1)[..., :4]
+
+
+def test_a_module_that_takes_channels_last_is_asked_for_it_by_exclusive_masks_only() -> None:
+    module = ChannelsLastAware()
+    images = random_images(size=4)
+    exclusive = ModuleSegmenter(module, VOCAB, multilabel=False)
+    exclusive.segment(images)
+    exclusive.soft_segment(images)
+    exclusive.logits(images)
+    ModuleSegmenter(module, VOCAB).segment(images)  # multi-label
+    assert module.asked == [True, False, False, False]
 
 
 def test_square_output_size_from_an_int() -> None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_dissect_callbacks.segmenters.base import Segmenter, checked_segment
+from gan_dissect_callbacks.segmenters.module import resize_logits
 from gan_dissect_callbacks.segmenters.torchvision import (
     TORCHVISION_MODELS,
     VOC_CATEGORIES,
@@ -361,3 +362,22 @@ def test_the_model_runs_at_the_segmenters_precision(precision) -> None:
     assert dtypes == [torch.float32, torch.bfloat16 if precision == "bf16-mixed" else torch.float16]
     assert reduced.dtype == torch.float32
     assert torch.allclose(reduced, full, atol=0.05 * float(full.abs().max()))
+
+
+def test_masks_take_the_argmax_of_logits_resized_in_channels_last() -> None:
+    model = FakeVOC(num_classes=21)
+    segmenter = TorchvisionSegmenter(model, output_size=(24, 24), include_background=True)
+    images = random_images(batch=3, size=12)
+    wrapper = segmenter.module.eval()  # the segmenter runs it so; called directly, set it here
+    with torch.no_grad():
+        fast = wrapper(images, channels_last=True)
+        default = wrapper(images)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert default.is_contiguous() and torch.allclose(fast, default, rtol=0, atol=4e-6)
+    with torch.no_grad():
+        native = model(hand_normalised(images))["out"]
+    assert torch.equal(fast, resize_logits(native, (24, 24)))
+    masks = segmenter.segment(images)
+    assert masks.is_contiguous()
+    assert torch.equal(masks, F.one_hot(fast.argmax(dim=1), 21).permute(0, 3, 1, 2).bool())
+    assert torch.equal(segmenter.logits(images), default)
