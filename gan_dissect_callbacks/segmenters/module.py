@@ -205,8 +205,12 @@ class ModuleSegmenter:
             if self.multilabel:
                 return torch.sigmoid(self.logits(images)) > self.threshold
             # argmax of the logits equals that of the softmax, without its rounding ties. The
-            # logits may be channels_last (see the module docstring); the masks are not.
-            logits = self._logits(images, channels_last=True)
+            # logits may be channels_last (see the module docstring); the masks are not. A
+            # subclass that overrides `logits` gets masks from its own logits.
+            if type(self).logits is ModuleSegmenter.logits:
+                logits = self._logits(images, channels_last=True)
+            else:
+                logits = self.logits(images)
             winner = logits.argmax(dim=1, keepdim=True)
             masks = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
             return masks.scatter_(1, winner, True)

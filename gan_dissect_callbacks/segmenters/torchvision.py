@@ -143,7 +143,8 @@ class SegmentationLogits(nn.Module):
         """``((images + 1) / 2 - mean) / std``: what the model expects, from ``[-1, 1]``."""
         return ((images + 1) / 2 - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    #: :meth:`ModuleSegmenter.segment` may call :meth:`forward` with ``channels_last=True``.
+    #: :meth:`ModuleSegmenter.segment` may call :meth:`forward` with ``channels_last=True``;
+    #: a subclass whose ``forward`` does not take that argument sets this to ``False``.
     takes_channels_last = True
 
     def forward(self, images: Tensor, channels_last: bool = False) -> Tensor:

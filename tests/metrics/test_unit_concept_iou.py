@@ -277,6 +277,9 @@ def test_reset_counts_again_from_zero_without_a_full_copy_of_the_zeros():
     batches = _batches(9, 3)
     levels = torch.linspace(0.0, 3.0, 7).repeat(5, 1)
     metric = UnitConceptIoU(5, 3, levels=levels)
+    for name in ("unit_bins", "joint_bins"):  # one zero, whatever the shape
+        default = metric._defaults[name]
+        assert set(default.stride()) == {0} and default.untyped_storage().nbytes() == 8
     metric.update(*batches[0])
     metric.update(*batches[1])
     assert int(metric.joint_bins.sum()) > 0
@@ -288,11 +291,13 @@ def test_reset_counts_again_from_zero_without_a_full_copy_of_the_zeros():
         fresh = UnitConceptIoU(5, 3, levels=levels)
         fresh.update(*batches[2])
         _assert_same_result(metric.compute(), fresh.compute())
-    moved = metric.to("meta")
+    seen = []  # moving the metric moves each count state, and its default as one zero only
+    moved = metric._apply(lambda t: seen.append(tuple(t.shape)) or t.to("meta"))
+    assert seen.count((5, 8, 3)) == 1 and seen.count((5, 8)) == 1
     for name in ("unit_bins", "joint_bins"):
         default = moved._defaults[name]
         assert default.device.type == "meta" and default.shape == getattr(moved, name).shape
-        assert set(default.stride()) == {0}  # one zero, whatever the shape
+        assert set(default.stride()) == {0}
 
 
 def test_calibrate_sets_levels_from_given_activations():

@@ -173,6 +173,38 @@ class ChannelsLastAware(nn.Module):
         return resize_logits(x, (4, 4)) if channels_last else x.repeat_interleave(2, -1)[..., :4]
 
 
+def test_only_exclusive_masks_resize_with_resize_logits(monkeypatch) -> None:
+    import gan_dissect_callbacks.segmenters.module as module
+
+    calls = []
+
+    def spy(logits: Tensor, size: tuple[int, int]) -> Tensor:
+        calls.append(size)
+        return resize_logits(logits, size)
+
+    monkeypatch.setattr(module, "resize_logits", spy)
+    images = random_images(size=4)
+    exclusive = ModuleSegmenter(identity_net(), VOCAB, multilabel=False, output_size=8)
+    multilabel = ModuleSegmenter(identity_net(), VOCAB, output_size=8)
+    exclusive.logits(images), exclusive.soft_segment(images)
+    multilabel.segment(images), multilabel.soft_segment(images)
+    assert calls == []
+    exclusive.segment(images)
+    assert calls == [(8, 8)]
+
+
+def test_a_subclass_that_overrides_logits_gets_masks_from_them() -> None:
+    class Biased(ModuleSegmenter):
+        def logits(self, images: Tensor) -> Tensor:
+            out = super().logits(images)
+            return out + torch.tensor([0.0, 0.0, 10.0]).reshape(1, 3, 1, 1)
+
+    masks = Biased(identity_net(), VOCAB, multilabel=False, output_size=8).segment(
+        random_images(size=4)
+    )
+    assert bool(masks[:, 2].all())
+
+
 def test_a_module_that_takes_channels_last_is_asked_for_it_by_exclusive_masks_only() -> None:
     module = ChannelsLastAware()
     images = random_images(size=4)
