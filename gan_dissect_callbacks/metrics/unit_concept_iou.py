@@ -77,6 +77,10 @@ def _positive_int(name: str, value: object, low: int = 1) -> int:
     return value
 
 
+# The count states whose default is one expanded zero (UnitConceptIoU._add_count_state).
+_COUNT_STATES = ("unit_bins", "joint_bins")
+
+
 class UnitConceptIoU(Metric):
     """IoU of every unit's thresholded activation with every concept, streamed over batches.
 
@@ -197,8 +201,9 @@ class UnitConceptIoU(Metric):
             default = snap_levels(levels.detach().float().cpu())
             total_levels = default.shape[1]
         self.add_state("levels", default, dist_reduce_fx=_identical_levels, persistent=True)
-        self._add_count_state("unit_bins", (num_units, total_levels + 1))
-        self._add_count_state("joint_bins", (num_units, total_levels + 1, num_concepts))
+        unit_bins, joint_bins = _COUNT_STATES
+        self._add_count_state(unit_bins, (num_units, total_levels + 1))
+        self._add_count_state(joint_bins, (num_units, total_levels + 1, num_concepts))
         self.add_state(
             "concept_pixels", torch.zeros(num_concepts, dtype=torch.int64), "sum", persistent=True
         )
@@ -229,16 +234,15 @@ class UnitConceptIoU(Metric):
         ``fn`` sees each count default as its one zero: applied to the expanded view, ``.to()``
         would build the whole tensor of zeros (and copy it to the device).
         """
-        names = ("unit_bins", "joint_bins")
         defaults = self._defaults
-        for name in names:
+        for name in _COUNT_STATES:
             default = defaults[name]
             assert isinstance(default, Tensor)
             defaults[name] = default.new_zeros(())
         try:
             this = super()._apply(fn, *args, **kwargs)
         finally:
-            for name in names:
+            for name in _COUNT_STATES:
                 zero, value = defaults[name], getattr(self, name)
                 assert isinstance(zero, Tensor)
                 defaults[name] = zero.expand(value.shape)
