@@ -560,7 +560,8 @@ def _unit_concept_update(
             torch.cumsum(combinations.sum(dim=1)[inverse], dim=0, out=starts[1:])
             pair_concept = pair_concept.to(torch.int32)
     per_sample = height * width
-    for block in range(-(-units // UNIT_BLOCK)):
+
+    def count_block(block: int) -> None:
         start = block * UNIT_BLOCK
         stop = min(units, start + UNIT_BLOCK)
         span = (stop - start) * (num_levels + 1)
@@ -652,6 +653,13 @@ def _unit_concept_update(
                 out.joint_bins[start:stop] += joint_counts.view(
                     concepts, stop - start, bins_out
                 ).permute(1, 2, 0)
+
+    blocks = -(-units // UNIT_BLOCK)
+    if compiled:  # the blocks, or each block's units, over the threads (see `_counting`)
+        _counting.over_blocks(count_block, blocks)
+    else:
+        for block in range(blocks):
+            count_block(block)
     out.concept_pixels.add_(concept_pixels)
     out.num_pixels.add_(num_pixels)
     out.num_samples.add_(batch)

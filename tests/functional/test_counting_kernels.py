@@ -206,3 +206,123 @@ def test_lookup_tables_of_16_and_32_bits_count_the_same(monkeypatch, num_levels,
     brute = brute_force_counts(acts, masks, levels)
     assert torch.equal(counts_above(compiled.unit_bins, dim=1), brute["unit_above"])
     assert torch.equal(counts_above(compiled.joint_bins, dim=1), brute["joint_above"])
+
+
+def _with_threads(threads, call):
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return call()
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
+def test_blocks_counted_side_by_side_give_the_counts_of_one_thread(monkeypatch, threads, counting):
+    """Six blocks of units (the last one short) go to threads of their own: the same counts."""
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
+    acts, masks = random_dissection_data(3, 3, 5 * 32 + 7, 6, (4, 4), (8, 8), "round")
+    levels = unit_concept_levels(acts, (8, 8), num_levels=8, num_dense_levels=5)
+
+    def update():
+        return unit_concept_update(acts, masks, levels, counting=counting)
+
+    expected = _with_threads(1, update)
+    _assert_equal_counts(_with_threads(threads, update), expected)
+    brute = brute_force_counts(acts, masks, levels)
+    assert torch.equal(counts_above(expected.joint_bins, dim=1), brute["joint_above"])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_one_pass_calibration_over_blocks_side_by_side_gives_the_counts_of_one_thread(
+    monkeypatch, threads
+):
+    """The calibrating pass merges each block's bins into its own levels, whichever thread."""
+    monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
+    acts, masks = random_dissection_data(5, 4, 4 * 32 + 3, 5, (4, 4), (16, 16), "relu")
+
+    def calibrate():
+        return unit_concept._calibrated_update(
+            acts, masks, quantile=0.99, num_levels=12, min_fraction=1e-3, num_dense_levels=6
+        )
+
+    levels, expected = _with_threads(1, calibrate)
+    levels_side_by_side, counts = _with_threads(threads, calibrate)
+    assert torch.equal(levels_side_by_side, levels)
+    _assert_equal_counts(counts, expected)
+    _assert_equal_counts(counts, unit_concept_update(acts, masks, levels))
+
+
+@pytest.mark.parametrize(("threads", "blocks"), [(2, 4), (2, 9), (3, 6), (2, 3), (1, 5)])
+def test_each_block_is_counted_once_with_torch_on_one_thread(threads, blocks):
+    import threading
+    import time
+
+    seen: list[tuple[int, str, int]] = []
+    lock = threading.Lock()
+
+    def count(block: int) -> None:
+        time.sleep(0.005)
+        with lock:
+            seen.append((block, threading.current_thread().name, torch.get_num_threads()))
+
+    _with_threads(threads, lambda: _counting.over_blocks(count, blocks))
+    assert sorted(block for block, _, _ in seen) == list(range(blocks))
+    assert {inside for _, _, inside in seen} == {1}  # no torch op wakes OpenMP's workers
+    names = {name for _, name, _ in seen}
+    # Two blocks per thread or more: side by side; fewer: one after the other on this thread.
+    assert len(names) == (threads if blocks >= 2 * threads else 1)
+
+
+def test_a_block_that_fails_stops_the_others_and_its_error_reaches_the_caller():
+    import threading
+    import time
+
+    counted: list[int] = []
+    lock = threading.Lock()
+
+    def count(block: int) -> None:
+        if block == 1:
+            raise ValueError("block 1 failed")
+        time.sleep(0.002)
+        with lock:
+            counted.append(block)
+
+    def fails() -> int:
+        with pytest.raises(ValueError, match="block 1 failed"):
+            _counting.over_blocks(count, 40)
+        return torch.get_num_threads()
+
+    assert _with_threads(2, fails) == 2
+    assert len(counted) < 39  # the threads took no block once one had failed
+    assert getattr(_counting._reserved, "threads", None) is None
+
+
+def test_kernels_inside_kernel_threads_split_over_the_threads_torch_had():
+    import threading
+
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def kernel(first: int, last: int) -> None:
+        with lock:
+            names.add(threading.current_thread().name)
+        threading.Event().wait(0.01)
+
+    def inside() -> tuple[int, int]:
+        with _counting.kernel_threads():
+            torch_threads = torch.get_num_threads()
+            _counting._run(kernel, 64)
+        return torch_threads, torch.get_num_threads()
+
+    assert _with_threads(2, inside) == (1, 2)
+    assert len(names) == 2
+
+    def fails() -> int:
+        with pytest.raises(RuntimeError, match="inside"), _counting.kernel_threads():
+            raise RuntimeError("inside")
+        return torch.get_num_threads()
+
+    assert _with_threads(2, fails) == 2  # the count comes back on an error too
+    assert getattr(_counting._reserved, "threads", None) is None
