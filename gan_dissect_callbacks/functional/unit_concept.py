@@ -996,9 +996,12 @@ def unit_concept_compute(
         )
     concept_fraction = counts.concept_pixels.double() / total
     present = concept_fraction >= min_concept_fraction
-    parts: list[tuple[Tensor, ...]] = []
     step = max(1, _COMPUTE_TABLES // (bins * max(1, concepts)))
-    for start in range(0, units, step):  # blocks of units bound the float64 temporaries
+    starts = range(0, units, step)  # blocks of units bound the float64 temporaries
+    parts: list[tuple[Tensor, ...]] = [()] * len(starts)
+
+    def score_block(b: int) -> None:
+        start = starts[b]
         unit_above = counts_above(counts.unit_bins[start : start + step], dim=1)
         joint_above = counts_above(counts.joint_bins[start : start + step], dim=1)
         block = unit_above.shape[0]
@@ -1012,7 +1015,13 @@ def unit_concept_compute(
         pair_joint = joint_above.gather(1, pair_index[:, None, :]).squeeze(1)
         pair_pixels = unit_above.gather(1, pair_index)
         iou_iqr = iou_from_counts(pair_joint, pair_pixels, counts.concept_pixels) * present
-        parts.append((index, mask_pixels[:, 0], iou_quantile, pair_index, iqr * present, iou_iqr))
+        parts[b] = (index, mask_pixels[:, 0], iou_quantile, pair_index, iqr * present, iou_iqr)
+
+    if counts.joint_bins.device.type == "cpu" and _counting.available():
+        _counting.over_blocks(score_block, len(starts))  # as the counting loop (see there)
+    else:
+        for b in range(len(starts)):
+            score_block(b)
     index, mask_pixels, iou_quantile, pair_index, iqr, iou_iqr = (
         torch.cat(p) for p in zip(*parts, strict=True)
     )

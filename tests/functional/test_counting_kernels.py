@@ -326,3 +326,24 @@ def test_kernels_inside_kernel_threads_split_over_the_threads_torch_had():
 
     assert _with_threads(2, fails) == 2  # the count comes back on an error too
     assert getattr(_counting._reserved, "threads", None) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scores_of_unit_blocks_side_by_side_equal_those_of_one_block(monkeypatch, threads):
+    """compute() scores blocks of units on threads of their own; the result is one block's."""
+    from gan_dissect_callbacks.functional.unit_concept import unit_concept_compute
+
+    acts, masks = random_dissection_data(11, 3, 37, 6, (4, 4), (8, 8), "relu")
+    levels = unit_concept_levels(acts, (8, 8), num_levels=10, num_dense_levels=4)
+    counts = unit_concept_update(acts, masks, levels)
+    whole = unit_concept_compute(counts, levels)
+    bins, concepts = counts.joint_bins.shape[1:]
+    monkeypatch.setattr(unit_concept, "_COMPUTE_TABLES", 3 * bins * concepts)  # 13 blocks
+    blocks = _with_threads(threads, lambda: unit_concept_compute(counts, levels))
+    pytorch_path = _both_paths(
+        monkeypatch, lambda: _with_threads(threads, lambda: unit_concept_compute(counts, levels))
+    )[1]
+    for result in (blocks, pytorch_path):
+        for name in ("threshold_quantile", "iou_quantile", "threshold_iqr", "iou_iqr"):
+            assert torch.equal(getattr(result, name), getattr(whole, name)), name
+        torch.testing.assert_close(result.iqr, whole.iqr, rtol=0, atol=1e-15)
