@@ -229,6 +229,10 @@ _compiled: dict[str, Callable[..., None]] = {}
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None
 #: Shares of a kernel's units per thread (see `_run`).
 _SHARES_PER_THREAD = 4
+#: Blocks per thread from which `over_blocks` counts blocks side by side (the toy's dissection
+#: took the same time at 1 and 2 on two threads; at 1 a many-core machine keeps every thread
+#: busy on a layer of one block per thread).
+_BLOCKS_PER_THREAD = 1
 _lock = threading.Lock()
 # The threads that kernels called on this thread split over, inside `kernel_threads`.
 _reserved = threading.local()
@@ -268,7 +272,7 @@ def kernel_threads(threads: int | None = None) -> Iterator[None]:
 def over_blocks(count: Callable[[int], None], blocks: int) -> None:
     """Run ``count(block)`` for ``block`` in ``range(blocks)``, with the threads torch has.
 
-    With at least two blocks per thread, the blocks go to whichever thread is free, each one
+    With at least one block per thread, the blocks go to whichever thread is free, each one
     counted on its thread alone (its torch ops and its kernels): no two threads write the same
     counts or wait on each other within a block. With fewer, the blocks run one after the
     other and each kernel splits its units over the threads (:func:`_run`). Either way torch's
@@ -276,7 +280,7 @@ def over_blocks(count: Callable[[int], None], blocks: int) -> None:
     part of any shared output.
     """
     threads = torch.get_num_threads()
-    if threads <= 1 or blocks < 2 * threads:
+    if threads <= 1 or blocks < _BLOCKS_PER_THREAD * threads:
         with kernel_threads():
             for block in range(blocks):
                 count(block)
