@@ -3,11 +3,15 @@
 The PyTorch path of :func:`~gan_dissect_callbacks.functional.unit_concept.unit_concept_update`
 makes four passes over every upsampled value (grid cell, table lookup, the combination's offset,
 ``bincount``), writes an index per value to memory, and its ``bincount`` runs on one thread.
-These kernels do the same in one pass that writes nothing but the counts, with the units of a
-block split over threads (the kernels release the GIL). Every bin is decided by the same float32
-operations as on the PyTorch path, so the counts are identical (tested). The IQR rule's search
-over levels is here too (:func:`best_iqr`): one pass over the ``[U, L, C]`` counts, four
-logarithms per 2×2 table, no float64 temporaries of that size.
+These kernels do the same in one pass that writes nothing but the counts (they release the
+GIL). The blocks of units go to threads of their own, each block's upsampling and kernels on one
+thread (:func:`over_blocks`); with fewer blocks than threads, each kernel splits its block's
+units over the threads instead. Either way torch's ops in the loop run single-threaded, so that
+torch's spinning OpenMP workers leave the cores to the kernels (:func:`kernel_threads`). Every
+bin is decided by the same float32 operations as on the PyTorch path, so the counts are
+identical (tested). The IQR rule's search over levels is here too (:func:`best_iqr`): one pass
+over the ``[U, L, C]`` counts, four logarithms per 2×2 table, no float64 temporaries of that
+size.
 
 They are used on the CPU when numba is installed (``pip install "gan_dissect_callbacks[fast]"``)
 and ``GAN_DISSECT_NUMBA`` is not ``0``; otherwise the PyTorch path runs. The first call compiles
@@ -248,7 +252,8 @@ def kernel_threads(threads: int | None = None) -> Iterator[None]:
     cores (0.24 s of kernel time per batch of the MISSION §6 workload, against 0.085 s with
     ``OMP_WAIT_POLICY=PASSIVE``). Inside this block no OpenMP region wakes torch's workers, so
     they fall asleep and leave the cores to the kernels. ``threads`` defaults to the count
-    torch had; the previous count comes back on exit, also on an error.
+    torch had (inside another block, that block's); the previous count comes back on exit,
+    also on an error.
 
     Example:
         >>> before = torch.get_num_threads()
@@ -260,7 +265,7 @@ def kernel_threads(threads: int | None = None) -> Iterator[None]:
     """
     previous = torch.get_num_threads()
     outer = getattr(_reserved, "threads", None)
-    _reserved.threads = previous if threads is None else threads
+    _reserved.threads = threads if threads is not None else (outer or previous)
     torch.set_num_threads(1)
     try:
         yield
@@ -290,25 +295,35 @@ def over_blocks(count: Callable[[int], None], blocks: int) -> None:
     taking = threading.Lock()
     failed = threading.Event()
 
-    def work() -> None:
-        with kernel_threads(1):
-            while not failed.is_set():
-                with taking:
-                    block = next(todo, None)
-                if block is None:
-                    return
-                try:
-                    count(block)
-                except BaseException:
-                    failed.set()  # the other threads take no further block
-                    raise
+    def take() -> None:
+        while not failed.is_set():
+            with taking:
+                block = next(todo, None)
+            if block is None:
+                return
+            count(block)
 
-    jobs = [pool.submit(work) for _ in range(1, threads)]
-    try:
-        work()
-    finally:  # the other threads write into the same outputs: always wait for them
-        for job in jobs:
-            job.exception()
+    def work() -> None:  # on a pool thread
+        with kernel_threads(1):
+            try:
+                take()
+            except BaseException:
+                failed.set()  # the other threads take no further block
+                raise
+
+    # This thread sets torch's count first and restores it last: `torch.set_num_threads` also
+    # sets the count that threads started later begin with, which the pool threads' own
+    # settings would otherwise leave at 1.
+    with kernel_threads(1):
+        jobs = [pool.submit(work) for _ in range(1, threads)]
+        try:
+            take()
+        except BaseException:  # also Ctrl-C: the other threads stop after their block
+            failed.set()
+            raise
+        finally:  # they write into the same outputs: always wait for them
+            for job in jobs:
+                job.exception()
     for job in jobs:
         job.result()
 

@@ -560,14 +560,14 @@ def _unit_concept_update(
             torch.cumsum(combinations.sum(dim=1)[inverse], dim=0, out=starts[1:])
             pair_concept = pair_concept.to(torch.int32)
     per_sample = height * width
+    # Made here once, not by two threads at once.
+    kernel_table = bins.kernel_table if compiled and concepts else bins.table
 
     def count_block(block: int) -> None:
         start = block * UNIT_BLOCK
         stop = min(units, start + UNIT_BLOCK)
         span = (stop - start) * (num_levels + 1)
-        table = bins.table[start:stop].reshape(-1)
-        if compiled and concepts:
-            table = bins.kernel_table[start:stop].reshape(-1)
+        table = kernel_table[start:stop].reshape(-1)
         low, high, offset = bins.low[start:stop], bins.high[start:stop], bins.offset[start:stop]
         groups = combinations.shape[0] if by_combination else concepts
         if compiled:

@@ -235,20 +235,29 @@ def test_blocks_counted_side_by_side_give_the_counts_of_one_thread(monkeypatch, 
 
 
 @pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("counting", ["combinations", "pairs"])
 def test_one_pass_calibration_over_blocks_side_by_side_gives_the_counts_of_one_thread(
-    monkeypatch, threads
+    monkeypatch, threads, counting
 ):
     """The calibrating pass merges each block's bins into its own levels, whichever thread."""
     monkeypatch.setenv("GAN_DISSECT_NUMBA", "1")
     acts, masks = random_dissection_data(5, 4, 4 * 32 + 3, 5, (4, 4), (16, 16), "relu")
+    merged = []
+    monkeypatch.setattr(
+        unit_concept,
+        "_merged_bins",
+        lambda *args, _merge=unit_concept._merged_bins: merged.append(1) or _merge(*args),
+    )
 
     def calibrate():
         return unit_concept._calibrated_update(
-            acts, masks, quantile=0.99, num_levels=12, min_fraction=1e-3, num_dense_levels=6
-        )
+            acts, masks, quantile=0.99, num_levels=12, min_fraction=1e-3, num_dense_levels=6,
+            counting=counting,
+        )  # fmt: skip
 
     levels, expected = _with_threads(1, calibrate)
     levels_side_by_side, counts = _with_threads(threads, calibrate)
+    assert merged  # the one pass ran: each block's bins were merged into the final levels
     assert torch.equal(levels_side_by_side, levels)
     _assert_equal_counts(counts, expected)
     _assert_equal_counts(counts, unit_concept_update(acts, masks, levels))
@@ -257,13 +266,17 @@ def test_one_pass_calibration_over_blocks_side_by_side_gives_the_counts_of_one_t
 @pytest.mark.parametrize(("threads", "blocks"), [(2, 4), (2, 9), (3, 6), (2, 2), (3, 2), (1, 5)])
 def test_each_block_is_counted_once_with_torch_on_one_thread(threads, blocks):
     import threading
-    import time
 
     seen: list[tuple[int, str, int]] = []
     lock = threading.Lock()
+    # A block per thread or more: side by side; fewer: one after the other on this thread.
+    side_by_side = threads > 1 and blocks >= threads
+    # Side by side, the first blocks wait for each other: one thread alone would time out.
+    together = threading.Barrier(threads, timeout=20)
 
     def count(block: int) -> None:
-        time.sleep(0.05)  # long enough for every thread to take a block
+        if side_by_side and block < threads:
+            together.wait()
         with lock:
             seen.append((block, threading.current_thread().name, torch.get_num_threads()))
 
@@ -271,8 +284,7 @@ def test_each_block_is_counted_once_with_torch_on_one_thread(threads, blocks):
     assert sorted(block for block, _, _ in seen) == list(range(blocks))
     assert {inside for _, _, inside in seen} == {1}  # no torch op wakes OpenMP's workers
     names = {name for _, name, _ in seen}
-    # A block per thread or more: side by side; fewer: one after the other on this thread.
-    assert len(names) == (threads if blocks >= threads else 1)
+    assert len(names) == (threads if side_by_side else 1)
 
 
 def test_a_block_that_fails_stops_the_others_and_its_error_reaches_the_caller():
@@ -304,11 +316,15 @@ def test_kernels_inside_kernel_threads_split_over_the_threads_torch_had():
 
     names: set[str] = set()
     lock = threading.Lock()
+    # Each thread's first share waits for the other's: one thread alone would time out.
+    together = threading.Barrier(2, timeout=20)
 
     def kernel(first: int, last: int) -> None:
         with lock:
+            first_share = threading.current_thread().name not in names
             names.add(threading.current_thread().name)
-        threading.Event().wait(0.01)
+        if first_share:
+            together.wait()
 
     def inside() -> tuple[int, int]:
         with _counting.kernel_threads():
@@ -347,3 +363,26 @@ def test_scores_of_unit_blocks_side_by_side_equal_those_of_one_block(monkeypatch
         for name in ("threshold_quantile", "iou_quantile", "threshold_iqr", "iou_iqr"):
             assert torch.equal(getattr(result, name), getattr(whole, name)), name
         torch.testing.assert_close(result.iqr, whole.iqr, rtol=0, atol=1e-15)
+
+
+def test_threads_started_after_blocks_side_by_side_get_torch_s_count(monkeypatch):
+    """``torch.set_num_threads`` also sets what new threads start with: the caller's count."""
+    import threading
+    import time
+
+    monkeypatch.setattr(_counting, "_pool", None)  # a pool whose threads never ran torch
+    main = threading.current_thread().name
+
+    def count(block: int) -> None:
+        if threading.current_thread().name != main:
+            time.sleep(0.05)  # the pool's thread finishes after this one
+
+    def after() -> list[int]:
+        _counting.over_blocks(count, 4)
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return [*seen, torch.get_num_threads()]
+
+    assert _with_threads(2, after) == [2, 2]
