@@ -1172,9 +1172,12 @@ NOTES = [
     "With the optional numba (the `fast` extra) the CPU counts come from compiled kernels "
     "(functional/_counting.py): one pass per upsampled value does the grid cell, the table "
     "lookup and the count, four units side by side (16-bit lookup tables where a block's bins "
-    "fit them), with the units of a block handed out in shares to whichever thread is free (a "
-    "slower vCPU takes fewer); the IQR search over levels is compiled too, and skips concepts "
-    "on no pixel or on all. The counts and IQRs are identical to the PyTorch path's.",
+    "fit them); whole blocks of units go to whichever thread is free, each block's upsampling "
+    "and kernels on one thread (with fewer blocks than threads, a block's units are shared out "
+    "instead), and torch's ops in that loop run single-threaded so that its spinning OpenMP "
+    "workers leave the cores to the kernels (1.8x on two vCPUs); the IQR search over levels is "
+    "compiled too, and skips concepts on no pixel or on all. The counts and IQRs are identical "
+    "to the PyTorch path's.",
     "Level calibration interpolates only the 16,384 pixels per unit its log-spaced candidates "
     "are read from (functional.upsample.upsample_at, by flat index into one copy of the batch), "
     "and upsamples the calibration batch once, for its exact count at the candidate levels; "
