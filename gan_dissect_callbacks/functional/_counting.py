@@ -249,11 +249,11 @@ def kernel_threads(threads: int | None = None) -> Iterator[None]:
     After each parallel op, torch's OpenMP workers keep spinning for a while (libgomp's default
     wait policy) on the cores the kernels' threads need. A loop that alternates small torch ops
     with kernel calls, as the counting loop does, then ran its kernels ~2.5x slower on two
-    cores (0.24 s of kernel time per batch of the MISSION §6 workload, against 0.085 s with
-    ``OMP_WAIT_POLICY=PASSIVE``). Inside this block no OpenMP region wakes torch's workers, so
-    they fall asleep and leave the cores to the kernels. ``threads`` defaults to the count
-    torch had (inside another block, that block's); the previous count comes back on exit,
-    also on an error.
+    cores (0.24 s of kernel time per batch of ``benchmarks/bench_unit_concept_iou.py``, against
+    0.085 s with ``OMP_WAIT_POLICY=PASSIVE``). Inside this block no OpenMP region wakes torch's
+    workers, so they fall asleep and leave the cores to the kernels. ``threads`` defaults to the
+    count torch had (inside another block, that block's); the previous count comes back on
+    exit, also on an error.
 
     Example:
         >>> before = torch.get_num_threads()
