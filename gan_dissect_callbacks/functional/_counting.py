@@ -63,13 +63,18 @@ def _numba() -> ModuleType | None:
         return None
 
 
-def available() -> bool:
-    """Whether the compiled kernels can be used (numba installed, not switched off).
+def available(device: torch.device | None = None) -> bool:
+    """Whether the compiled kernels can be used (numba installed, not switched off), and for
+    tensors on ``device`` when given (they count on the CPU only).
 
     Example:
         >>> isinstance(available(), bool)
         True
+        >>> available(torch.device("meta"))
+        False
     """
+    if device is not None and device.type != "cpu":
+        return False
     return os.environ.get("GAN_DISSECT_NUMBA", "1") != "0" and _numba() is not None
 
 

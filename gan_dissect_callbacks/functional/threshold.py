@@ -329,7 +329,7 @@ def iqr_rule(
             f"but got {list(concept_counts.shape)}."
         )
     units, levels, concepts = joint_above.shape
-    if joint_above.device.type == "cpu" and _counting.available():
+    if _counting.available(joint_above.device):
         return _counting.best_iqr(
             joint_above.long(), unit_above.long(), concept_counts.long(), int(num_pixels)
         )

@@ -544,7 +544,7 @@ def _unit_concept_update(
             int(concept_pixels.sum()),
             chunks,
         )
-    compiled = device.type == "cpu" and _counting.available()
+    compiled = _counting.available(device)
     if by_combination:
         pixel_term = inverse.to(torch.int32)
         # Combinations → concepts, plus a column of ones (all pixels). Sums of at most
@@ -1017,7 +1017,7 @@ def unit_concept_compute(
         iou_iqr = iou_from_counts(pair_joint, pair_pixels, counts.concept_pixels) * present
         parts[b] = (index, mask_pixels[:, 0], iou_quantile, pair_index, iqr * present, iou_iqr)
 
-    if counts.joint_bins.device.type == "cpu" and _counting.available():
+    if _counting.available(counts.joint_bins.device):
         _counting.over_blocks(score_block, len(starts))  # as the counting loop (see there)
     else:
         for b in range(len(starts)):
