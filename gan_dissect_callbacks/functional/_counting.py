@@ -27,8 +27,8 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -326,11 +326,26 @@ def over_blocks(count: Callable[[int], None], blocks: int) -> None:
         except BaseException:  # also Ctrl-C: the other threads stop after their block
             failed.set()
             raise
-        finally:  # they write into the same outputs: always wait for them
-            for job in jobs:
-                job.exception()
+        finally:
+            _wait_for(jobs)
     for job in jobs:
         job.result()
+
+
+def _wait_for(jobs: Sequence[Future[None]]) -> None:
+    """Wait until every job has ended, through a further Ctrl-C too: they write into the
+    caller's outputs, which must not change after the caller has returned or raised. A Ctrl-C
+    during the wait is raised once the jobs have ended (each ends within its block or share)."""
+    interrupted: KeyboardInterrupt | None = None
+    for job in jobs:
+        while True:
+            try:
+                job.exception()  # waits; the job's own error is raised by `result()` later
+                break
+            except KeyboardInterrupt as err:
+                interrupted = interrupted or err
+    if interrupted is not None:
+        raise interrupted
 
 
 def _kernel(name: str, function: Callable[..., None]) -> Callable[..., None]:
@@ -389,9 +404,10 @@ def _run(kernel: Callable[..., None], units: int, *args: Any) -> None:
     jobs = [pool.submit(work) for _ in range(1, threads)]
     try:
         work()  # this thread takes shares too
-    finally:  # the other shares write into the same arrays: always wait for them
-        for job in jobs:
-            job.result()
+    finally:  # the other shares write into the same arrays
+        _wait_for(jobs)
+    for job in jobs:
+        job.result()
 
 
 def _grid(low: Tensor, high: Tensor, offset: Tensor) -> tuple[Any, Any, Any]:

@@ -311,6 +311,52 @@ def test_a_block_that_fails_stops_the_others_and_its_error_reaches_the_caller():
     assert getattr(_counting._reserved, "threads", None) is None
 
 
+@pytest.mark.parametrize("where", ["over_blocks", "_run"])
+def test_a_second_ctrl_c_still_waits_for_the_threads_writing_the_counts(monkeypatch, where):
+    """Ctrl-C during the wait for the other threads: they end first, then the caller raises."""
+    import concurrent.futures
+    import threading
+    import time
+
+    together = threading.Barrier(2, timeout=20)
+    ended: list[str] = []
+
+    def work(name: str) -> None:
+        if ended:
+            return  # the shares handed out after the first Ctrl-C
+        together.wait()  # both threads are counting
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt  # the first Ctrl-C, while the other thread counts
+        time.sleep(0.3)
+        ended.append(name)
+
+    waits = []
+    wait = concurrent.futures.Future.exception
+
+    def second_ctrl_c(self, timeout=None):  # arrives while the caller waits for the job
+        waits.append(1)
+        if len(waits) == 1:
+            raise KeyboardInterrupt
+        return wait(self, timeout)
+
+    monkeypatch.setattr(concurrent.futures.Future, "exception", second_ctrl_c)
+
+    def count() -> None:
+        if where == "over_blocks":
+            _counting.over_blocks(lambda block: work(f"block {block}"), 2)
+        else:
+            with _counting.kernel_threads():
+                _counting._run(lambda first, last: work(f"units {first}"), 8 * 4)
+
+    def interrupted() -> list[str]:
+        with pytest.raises(KeyboardInterrupt):
+            count()
+        return list(ended)
+
+    assert len(_with_threads(2, interrupted)) == 1  # the other thread's block had ended
+    assert len(waits) == 2  # the wait went on after the second Ctrl-C
+
+
 def test_kernels_inside_kernel_threads_split_over_the_threads_torch_had():
     import threading
 
