@@ -1364,7 +1364,9 @@ def markdown(results: dict[str, Any]) -> str:
         "(`max_overhead=None`) the targets are Dissection ≤ 3%, Intervention ≤ 10%, "
         "ArtifactPruning ≤ 15%, Quality ≤ 3%, the demo's four ≤ 10%; with the default budget "
         "(`max_overhead=0.05`, split evenly among the callbacks of a trainer) every row ≤ 5% at "
-        "the effective cadence the budget's rule gives.",
+        "the effective cadence the budget's rule gives (computed from the measured costs "
+        "above by that rule, which the tests check step by step with a fake clock; no run "
+        "with the budget is timed).",
         "",
         "| callbacks | analysis s / cycle (first) | cadence | no budget | target | met "
         "| with budget | effective cadence |",

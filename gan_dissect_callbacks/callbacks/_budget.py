@@ -1,16 +1,17 @@
 """The overhead budget of an analysis callback: at most a fraction of training wall time.
 
-A callback with ``max_overhead=0.05`` measures the wall time of every training batch, of each of its
-own analyses and of its own per-batch upkeep (microseconds). At a step where its cadence asks
-for an analysis it runs it only if, counting the analysis's expected cost (the last one's), it has
-spent at most 5% of the training time so far:
+A callback with ``max_overhead=0.05`` measures the training time (the wall time from each batch's
+end to the next one's, loading, validation and the other callbacks included, the analyses left
+out), each of its own analyses and its own per-batch upkeep (microseconds). At a step where its
+cadence asks for an analysis it runs it only if, counting the analysis's expected cost (the last
+one's), it has spent at most its share of the training time so far:
 
-    spent + expected ≤ max_overhead · trained
+    spent + expected ≤ max_overhead / n · trained
 
 So ``every_n_train_steps`` stays the highest frequency, and a slow analysis on a fast model runs
-less often — its *effective cadence* is stretched until the budget holds. Several analysis
-callbacks of one trainer split the budget evenly (each may take ``max_overhead / n`` of the
-training time), so that together they stay within it and none starves another. The first analysis
+less often — its *effective cadence* is stretched until the budget holds. The ``n`` analysis
+callbacks of one trainer that have a budget and a cadence split it evenly, so that together they
+stay within it and none starves another (``n = 1`` in the example below). The first analysis
 always runs (there is nothing to estimate from yet), and so do the ones asked for by
 ``on_train_start`` / ``on_train_end``; they count against the budget all the same.
 

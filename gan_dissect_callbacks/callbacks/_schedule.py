@@ -66,7 +66,8 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
         max_overhead: the largest share of training wall time the analysis may take (see
             :mod:`~gan_dissect_callbacks.callbacks._budget`): at a step its cadence asks for, it
             runs only while its time so far, plus the last analysis's, stays within
-            ``max_overhead`` of the training time so far. ``None``: no budget.
+            ``max_overhead / n`` of the training time so far (``n``: the callbacks with a budget
+            and a cadence on the trainer). ``None``: no budget.
 
     Example:
         >>> class StepRecorder(ScheduledAnalysis):
@@ -197,11 +198,13 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_if_due(trainer, pl_module, "start")
+        self._open_batch()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        self._batch_started = (self._clock(), _ANALYSIS_SECONDS[0])
+        if self._batch_started is None:  # hooks called without `on_train_start`
+            self._open_batch()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
@@ -213,9 +216,19 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
         # This hook's own time, less the analysis it may have run (counted as that), is spent too.
         upkeep = self._clock() - entered - (_ANALYSIS_SECONDS[0] - analyses_before)
         self.budget.record_upkeep(upkeep)
+        self._open_batch()
+
+    def _open_batch(self) -> None:
+        """Start the clock of the next batch's training time: from here to its end."""
+        self._batch_started = (self._clock(), _ANALYSIS_SECONDS[0])
 
     def _close_batch(self, now: float) -> None:
-        """Record the batch's wall time up to ``now`` (once), less the analyses run meanwhile."""
+        """Record the training time up to ``now`` (once), less the analyses run meanwhile.
+
+        It runs from the end of the previous batch (or the start of training) to the end of
+        this one: loading the batch, the step, validation, checkpoints and the other callbacks'
+        hooks all count as training time, as they do on the user's clock.
+        """
         if self._batch_started is not None:
             started, analyses_before = self._batch_started
             self.budget.record_batch(now - started - (_ANALYSIS_SECONDS[0] - analyses_before))
@@ -255,6 +268,11 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
         if self._due(trainer, hook, step) and self._within_budget(trainer, hook, step):
             self._run(trainer, pl_module, step, hook)
 
+    @property
+    def _cadenced(self) -> bool:
+        """Whether it runs every ``n`` batches or epochs (not only at the start or end)."""
+        return self.every_n_train_steps is not None or self.every_n_epochs is not None
+
     def _budgeted(self, hook: Hook) -> bool:
         """Whether the budget decides on runs in ``hook`` (the cadence's, when there is one)."""
         return self.max_overhead is not None and hook not in ("start", "end")
@@ -269,10 +287,12 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
             return True
         if self._decision is not None and self._decision[:2] == (step, hook):
             return self._decision[2]
+        # The budget is split among the callbacks whose cadence it stretches: one that runs
+        # only at the start or the end of training takes no share.
         budgeted = [
             cb
             for cb in getattr(trainer, "callbacks", [])
-            if isinstance(cb, ScheduledAnalysis) and cb.max_overhead is not None
+            if isinstance(cb, ScheduledAnalysis) and cb.max_overhead is not None and cb._cadenced
         ]
         allowed = self.budget.allows(share=max(1, len(budgeted)))
         # Clocks differ between processes; the analysis runs collectives: one decision for all.
@@ -324,9 +344,13 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
             _ANALYSIS_SECONDS[0] += spent
             seconds = spent + prepaid
             since = self.budget.record_analysis(seconds, step)
+        share = (
+            f"analyses so far: {100 * self.budget.overhead:.1f}% of the training time"
+            if self.budget.trained_s > 0
+            else "no training time yet"
+        )
         rank_zero_info(
-            f"{type(self).__name__}: the {self._what} at step {step} took {seconds:.1f} s "
-            f"(analyses so far: {100 * self.budget.overhead:.1f}% of the training time)"
+            f"{type(self).__name__}: the {self._what} at step {step} took {seconds:.1f} s ({share})"
         )
         if trainer.is_global_zero:
             with self._reported(step):  # a logger's failure is the analysis's, not training's
@@ -334,7 +358,9 @@ class ScheduledAnalysis(SampleSharing, pl.Callback, ABC):
 
     def _log_cost(self, trainer: pl.Trainer, step: int, since: int | None) -> None:
         """What the analysis costs, where every logger sees it beside the curves."""
-        scalars = {f"{self.analysis_name}/overhead": self.budget.overhead}
+        scalars: dict[str, float] = {}
+        if self.budget.trained_s > 0:  # before any training the share is undefined, not 0
+            scalars[f"{self.analysis_name}/overhead"] = self.budget.overhead
         if since is not None:
             scalars[f"{self.analysis_name}/effective_cadence"] = float(since)
         report_output(trainer, self.analysis_name).log_scalars(scalars, step)

@@ -103,6 +103,35 @@ class CostlyUpkeep(Costly):
         return super()._due(trainer, hook, step)
 
 
+class Loader(pl.Callback):
+    """Listed first: fetching each batch takes ``seconds`` before any batch-start hook runs."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.clock.now += self.seconds
+
+
+def test_time_between_batches_counts_as_training_time(tmp_path):
+    # Half of each 1-s batch passes before the batch's hooks (loading, say): it is training
+    # time all the same, so the steps are those of 1-s batches.
+    clock = FakeClock()
+    costly = Costly(clock, 0.25, every_n_train_steps=1, max_overhead=BUDGET)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_steps=2 * 20, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        callbacks=[Loader(clock, 0.5), Ticker(clock, 0.5), costly], enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(
+        SceneGAN(latent_dim=8, width=4, image_size=16, sample_every_n_batches=0),
+        datamodule=SceneDataModule(num_scenes=160, image_size=16, batch_size=8),
+    )
+    assert costly.budget.trained_s == 20.0
+    assert steps(costly) == [1, 8, 12, 16, 20]
+
+
 def test_the_per_batch_upkeep_counts_against_the_budget_too(tmp_path):
     cost, upkeep = 0.25, 2**-6  # the upkeep alone is a quarter of the 1/16 budget
     costly = CostlyUpkeep(FakeClock(), cost, upkeep, every_n_train_steps=1, max_overhead=BUDGET)
@@ -156,6 +185,19 @@ def test_cost_and_effective_cadence_are_logged(tmp_path):
     assert trainer.state.finished
 
 
+def test_no_overhead_is_logged_before_any_training(tmp_path):
+    costly = Costly(
+        FakeClock(), 0.25, every_n_train_steps=1, on_train_start=True, max_overhead=BUDGET
+    )
+    run(costly, tmp_path)
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    header = metrics.splitlines()[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in metrics.splitlines()[1:]]
+    logged = {int(r["step"]): r["analysis/overhead"] for r in rows if r["analysis/overhead"]}
+    assert sorted(logged) == [8, 12, 16, 20]  # step 0's analysis ran, but 0 s had trained
+    assert float(logged[8]) == 2 * 0.25 / 8
+
+
 def test_the_budget_survives_a_checkpoint(tmp_path):
     costly = Costly(FakeClock(), 0.25, every_n_train_steps=1, max_overhead=BUDGET)
     run(costly, tmp_path)
@@ -193,3 +235,21 @@ def test_callbacks_share_one_budget(tmp_path):
     # Each takes half the budget: after k analyses the next fits once t/32 ≥ (k + 1)/4.
     assert steps(a) == steps(b) == [1, 16, 24, 32, 40]
     assert a.budget.spent_s + b.budget.spent_s <= BUDGET * 40
+
+
+def test_a_callback_without_a_cadence_takes_no_share_of_the_budget(tmp_path):
+    clock = FakeClock()
+    costly = Costly(clock, 0.25, every_n_train_steps=1, max_overhead=BUDGET, name="a")
+    at_end = Costly(clock, 0.25, on_train_end=True, max_overhead=BUDGET, name="end")
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_steps=2 * 20, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        callbacks=[Ticker(clock), costly, at_end], enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(
+        SceneGAN(latent_dim=8, width=4, image_size=16, sample_every_n_batches=0),
+        datamodule=SceneDataModule(num_scenes=160, image_size=16, batch_size=8),
+    )
+    assert steps(costly) == [1, 8, 12, 16, 20]  # the whole budget, as alone
+    assert steps(at_end) == [20]
