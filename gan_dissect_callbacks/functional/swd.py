@@ -47,8 +47,10 @@ from gan_dissect_callbacks.functional.sorting import sort_rows
 
 __all__ = [
     "SlicedWassersteinResult",
+    "descriptor_corners",
     "laplacian_pyramid",
     "normalize_descriptors",
+    "patches_at",
     "random_directions",
     "real_projections",
     "sample_descriptors",
@@ -227,14 +229,55 @@ def sample_descriptors(
             f" {patch_size}, but got {shape}."
         )
     generator = _default_generator(generator)
-    b, c, h, w = level.shape
-    corner = torch.randint(
+    b, _, h, w = level.shape
+    corners = descriptor_corners(b, (h, w), num_per_image, patch_size, generator)
+    return patches_at(level, corners, patch_size)
+
+
+def descriptor_corners(
+    num_images: int,
+    size: tuple[int, int],
+    num_per_image: int,
+    patch_size: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """The random neighbourhoods :func:`sample_descriptors` cuts, drawn alone: ``[B, n]`` corners.
+
+    Each is the flat index ``top · (W − p + 1) + left`` of a patch's top-left pixel, uniform over
+    the positions where it fits, on the generator's device. Drawing them first lets a caller cut
+    the same neighbourhoods batch by batch (:func:`patches_at` on the batch's rows).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> level = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        >>> corners = descriptor_corners(2, (8, 8), 5, 3, g)
+        >>> cut = patches_at(level, corners, 3)
+        >>> torch.equal(cut, sample_descriptors(level, 5, 3, torch.Generator().manual_seed(0)))
+        True
+    """
+    h, w = size
+    return torch.randint(
         0,
         (h - patch_size + 1) * (w - patch_size + 1),
-        (b, num_per_image),
+        (num_images, num_per_image),
         generator=generator,
         device=generator.device,
-    ).to(level.device)
+    )
+
+
+def patches_at(level: Tensor, corners: Tensor, patch_size: int) -> Tensor:
+    """The ``[B · n, C, p, p]`` neighbourhoods of ``level [B, C, S, S]`` at ``corners [B, n]``
+    (from :func:`descriptor_corners`); rows of image ``i`` come before those of image ``i + 1``.
+
+    Example:
+        >>> level = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> patches_at(level, torch.tensor([[5]]), 2)[0, 0]  # the 2×2 patch at row 1, column 2
+        tensor([[ 6.,  7.],
+                [10., 11.]])
+    """
+    b, c, h, w = level.shape
+    num_per_image = corners.shape[1]
+    corner = corners.to(level.device)
     top, left = corner // (w - patch_size + 1), corner % (w - patch_size + 1)
     offsets = torch.arange(patch_size, device=level.device)
     rows = (top[..., None] + offsets).unsqueeze(-1)  # [B, K, p, 1]

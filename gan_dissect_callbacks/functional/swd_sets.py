@@ -34,17 +34,20 @@ from torch import Tensor
 from gan_dissect_callbacks.arguments import check_int
 from gan_dissect_callbacks.functional.sorting import sort_rows
 from gan_dissect_callbacks.functional.swd import (
+    descriptor_corners,
     laplacian_pyramid,
     normalize_descriptors,
+    patches_at,
     random_directions,
-    sample_descriptors,
 )
 
 __all__ = [
     "SortedReal",
     "draw_directions",
     "flat_descriptors",
+    "image_descriptor_corners",
     "image_descriptors",
+    "image_descriptors_at",
     "sort_real",
     "swd_of_index_sets",
     "swd_of_sets",
@@ -77,11 +80,53 @@ def image_descriptors(
         >>> {resolution: tuple(x.shape) for resolution, x in d.items()}
         {32: (2, 4, 147), 16: (2, 4, 147)}
     """
+    corners = image_descriptor_corners(images.shape[0], images.shape[-1], num_per_image, generator)
+    return image_descriptors_at(images, corners)
+
+
+def image_descriptor_corners(
+    num_images: int, image_size: int, num_per_image: int, generator: torch.Generator
+) -> dict[int, Tensor]:
+    """The neighbourhoods :func:`image_descriptors` cuts from ``num_images`` images, drawn alone.
+
+    Per pyramid level (finest first, the order of the draws), ``[B, num_per_image]`` corners of
+    :func:`~gan_dissect_callbacks.functional.swd.descriptor_corners`. With them the descriptors
+    of a large set can be cut batch by batch (:func:`image_descriptors_at` on each batch's rows)
+    and equal those of one call on the whole set, without holding its images.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> corners = image_descriptor_corners(2, 32, 4, g)
+        >>> {resolution: tuple(c.shape) for resolution, c in corners.items()}
+        {32: (2, 4), 16: (2, 4)}
+    """
+    corners, size = {}, image_size
+    while True:  # the sizes of `laplacian_pyramid`'s levels
+        corners[size] = descriptor_corners(
+            num_images, (size, size), num_per_image, PATCH_SIZE, generator
+        )
+        if size <= MIN_RESOLUTION:
+            return corners
+        size //= 2
+
+
+def image_descriptors_at(images: Tensor, corners: Mapping[int, Tensor]) -> dict[int, Tensor]:
+    """:func:`image_descriptors` of ``images`` at the given corners (one row per image).
+
+    Example:
+        >>> images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        >>> corners = image_descriptor_corners(3, 32, 4, torch.Generator().manual_seed(0))
+        >>> whole = image_descriptors(images, 4, torch.Generator().manual_seed(0))
+        >>> rows = {res: c[1:] for res, c in corners.items()}
+        >>> torch.equal(image_descriptors_at(images[1:], rows)[16], whole[16][1:])
+        True
+    """
     b = images.shape[0]
     out = {}
     for level in laplacian_pyramid(images.float(), MIN_RESOLUTION):
-        d = sample_descriptors(level, num_per_image, PATCH_SIZE, generator)
-        out[level.shape[-1]] = d.reshape(b, num_per_image, -1)
+        resolution = level.shape[-1]
+        d = patches_at(level, corners[resolution], PATCH_SIZE)
+        out[resolution] = d.reshape(b, corners[resolution].shape[1], -1)
     return out
 
 

@@ -365,6 +365,35 @@ def test_verified_ablation_equals_the_swd_recomputed_by_hand_for_every_seed() ->
         assert result.swd_ablated[i] == pytest.approx(with_, rel=1e-5)
 
 
+def test_verification_cuts_descriptors_one_batch_at_a_time(monkeypatch) -> None:
+    # Memory bounded by the batch: no step sees more images than one batch (the images of a
+    # seed were all kept before being cut); the numbers are still the hand-made ones above.
+    import gan_dissect_callbacks.engines.artifacts.verification as verification
+
+    cut: list[int] = []
+    real_cut = verification.image_descriptors_at
+
+    def spy(images: Tensor, corners: dict[int, Tensor]) -> dict[int, Tensor]:
+        cut.append(images.shape[0])
+        return real_cut(images, corners)
+
+    monkeypatch.setattr(verification, "image_descriptors_at", spy)
+    model, real = Painter(planted=(2,)), painter_real(12)
+    result = verify_ablation(
+        model, "features", [2, 4], real, num_samples=10, num_seeds=2, seed=7, batch_size=4,
+        num_descriptors_per_image=8, num_projections=16, num_examples=6,
+    )  # fmt: skip
+    assert cut == [4, 4, 4, 4, 2, 2] * 2  # plain and ablated, batch by batch, for both seeds
+    without, with_ = _reference_swd_pair(model, [2, 4], real, 7, 1, 10, 8, 16)
+    assert result.swd[1] == pytest.approx(without, rel=1e-5)
+    assert result.swd_ablated[1] == pytest.approx(with_, rel=1e-5)
+    assert result.examples is not None
+    z = torch.cat([b.latents for b in iterate_samples(_normal, 10, 4, seed=7)])
+    with torch.no_grad():
+        plain = model(z[:6])
+    assert torch.allclose(result.examples[0], plain)  # the first 6 images, over two batches
+
+
 def test_ablating_nothing_is_exactly_no_improvement_and_never_real() -> None:
     result = verify_ablation(
         Painter(planted=(2,)), "features", [], painter_real(8), num_samples=8, num_seeds=3,

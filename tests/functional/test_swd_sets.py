@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gan_dissect_callbacks.engines import artifacts
 from gan_dissect_callbacks.functional import swd_sets
 from gan_dissect_callbacks.functional.swd import (
+    laplacian_pyramid,
     random_directions,
     sliced_wasserstein,
     sorted_projections,
@@ -155,3 +156,30 @@ def test_the_real_side_sorted_into_place_equals_the_sorted_projections_of_every_
     flat = normalize_descriptors(real[16]).flatten(1)
     expected = torch.cat(sorted_projections(flat, directions[16]))
     assert torch.equal(sort_real(real, directions).projections[16], expected)
+
+
+@pytest.mark.parametrize(("size", "batches"), [(32, [3, 3, 1]), (64, [1, 6]), (16, [7])])
+def test_descriptors_cut_batch_by_batch_at_drawn_corners_equal_one_cut_of_the_whole_set(
+    size: int, batches: list[int]
+) -> None:
+    images = torch.rand(7, 3, size, size, generator=torch.Generator().manual_seed(size)) * 2 - 1
+    whole_rng, drawn_rng = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    whole = swd_sets.image_descriptors(images, 5, whole_rng)
+    corners = swd_sets.image_descriptor_corners(7, size, 5, drawn_rng)
+    assert torch.equal(drawn_rng.get_state(), whole_rng.get_state())  # the same draws
+    assert sorted(corners) == sorted(whole)  # every level of the pyramid, 16 px the coarsest
+    cut: dict[int, list[torch.Tensor]] = {res: [] for res in whole}
+    start = 0
+    for rows in batches:
+        at = {res: c[start : start + rows] for res, c in corners.items()}
+        for res, d in swd_sets.image_descriptors_at(images[start : start + rows], at).items():
+            cut[res].append(d)
+        start += rows
+    for res, parts in cut.items():
+        assert torch.equal(torch.cat(parts), whole[res])
+    # Brute force: the descriptor of image i at corner k is the 7×7 patch of its level there.
+    level = laplacian_pyramid(images, 16)[0]
+    corner = int(corners[size][6, 4])
+    top, left = divmod(corner, size - 6)
+    patch = level[6, :, top : top + 7, left : left + 7].reshape(-1)
+    assert torch.equal(whole[size][6, 4], patch)

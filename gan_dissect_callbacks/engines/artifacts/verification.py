@@ -30,7 +30,11 @@ from gan_dissect_callbacks.engines.generator import (
     GeneratorLike,
     featuremap_shape,
 )
-from gan_dissect_callbacks.functional.swd_sets import image_descriptors, swd_of_sets
+from gan_dissect_callbacks.functional.swd_sets import (
+    image_descriptor_corners,
+    image_descriptors_at,
+    swd_of_sets,
+)
 from gan_dissect_callbacks.instrumentation import UnitEdit
 
 __all__ = ["AblationResult", "ArtifactSearch", "find_artifact_units", "verify_ablation"]
@@ -220,42 +224,50 @@ def verify_ablation(
     with g.harmless():
         for repetition in range(num_seeds):
             latent_seed = _seed_for(seed, repetition)
-            plain, ablated = [], []
+            # The first repetition's positions continue the real side's generator, as the
+            # scoring's do; the others come from their own latent seed. The plain and the
+            # ablated images get the same positions, drawn before the images, so that each
+            # batch is cut into descriptors at once and only its descriptors are kept.
+            rng = (
+                side.generator() if repetition == 0 else torch.Generator().manual_seed(latent_seed)
+            )
+            corners = image_descriptor_corners(
+                num_samples, real_images.shape[-1], num_descriptors_per_image, rng
+            )
+            # Per level, [2, num_samples · n, D]: the plain set and the ablated one.
+            pair: dict[int, Tensor] = {}
+            shown: list[tuple[Tensor, Tensor]] = []
+            done = 0
             for batch in g.samples(num_samples, batch_size, seed=latent_seed):
                 images, acts = g.run(batch.latents, capture=[layer])
-                plain.append(check_generated(images, real_images).float().cpu())
+                plain = check_generated(images, real_images).float().cpu()
                 if edit is None:
                     num_units = featuremap_shape(layer, acts[layer])[0]
                     chosen = check_unit_indices(
                         units, num_units, "units", allow_empty=True, distinct=False
                     )
                     edit = UnitEdit.ablation(sorted(set(chosen.tolist())), num_units)
-                ablated.append(g.images(batch.latents, edits={layer: edit}).float().cpu())
-            fake, fake_ablated = torch.cat(plain), torch.cat(ablated)
-            del plain, ablated
-            # The first repetition's positions continue the real side's generator, as the
-            # scoring's do; the others come from their own latent seed.
-            rng = (
-                side.generator() if repetition == 0 else torch.Generator().manual_seed(latent_seed)
-            )
-            rewind = rng.get_state()
-            descriptors = image_descriptors(fake, num_descriptors_per_image, rng)
-            rng.set_state(rewind)  # the ablated images get the same positions
-            descriptors_ablated = image_descriptors(fake_ablated, num_descriptors_per_image, rng)
+                ablated = g.images(batch.latents, edits={layer: edit}).float().cpu()
+                rows = slice(done, done + plain.shape[0])
+                at = {res: c[rows] for res, c in corners.items()}
+                for res, d in image_descriptors_at(plain, at).items():
+                    if res not in pair:
+                        pair[res] = d.new_empty((2, num_samples * d.shape[1], d.shape[2]))
+                    pair[res][0, rows.start * d.shape[1] : rows.stop * d.shape[1]] = d.flatten(0, 1)
+                for res, d in image_descriptors_at(ablated, at).items():
+                    pair[res][1, rows.start * d.shape[1] : rows.stop * d.shape[1]] = d.flatten(0, 1)
+                if repetition == 0 and done < num_examples:
+                    shown.append((plain[: num_examples - done], ablated[: num_examples - done]))
+                done = rows.stop
             # Both sets against the same real side: equal to two calls of swd_from_descriptors
             # with the real projections sorted once for every repetition.
-            pair = {}
-            for res in list(descriptors):
-                plain_d, ablated_d = descriptors.pop(res), descriptors_ablated.pop(res)
-                pair[res] = torch.stack([plain_d.flatten(0, 1), ablated_d.flatten(0, 1)])
-                del plain_d, ablated_d
             values = swd_of_sets(sorted_real, pair).tolist()
             del pair
             seeds.append(latent_seed)
             swd_plain.append(values[0])
             swd_ablated.append(values[1])
-            if repetition == 0 and num_examples:
-                examples = (fake[:num_examples].clone(), fake_ablated[:num_examples].clone())
+            if shown:
+                examples = (torch.cat([p for p, _ in shown]), torch.cat([a for _, a in shown]))
     assert edit is not None
     return AblationResult(
         layer=layer,
